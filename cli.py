@@ -1,0 +1,250 @@
+"""retouch-batch: the command line, a thin layer over pipeline/ and jobs/."""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+
+import click
+
+from pipeline.imageio import DEFAULT_MAX_PIXELS, OUTPUT_FORMATS
+from pipeline.lut import DEFAULT_LUT_SIZE
+
+TIFF_CODECS = ("none", "zlib", "lzw", "zstd")
+
+
+def user_errors(fn):
+    """Library errors become one-line messages (exit 1); Ctrl-C says how to resume (exit 130)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from jobs.executor import JobInterrupted
+        from jobs.lock import FolderBusy
+        from jobs.rerender import EditError
+        from manifests.manifest import ManifestError
+        from pipeline.checkpoint import CheckpointError
+        try:
+            return fn(*args, **kwargs)
+        except JobInterrupted as e:
+            click.echo(f"\ninterrupted: {e.done} of {e.total} images finished and recorded. "
+                       "Run the same command again to resume.", err=True)
+            sys.exit(130)
+        except KeyboardInterrupt:
+            click.echo("\ninterrupted before any image was processed; nothing was written.", err=True)
+            sys.exit(130)
+        except (ManifestError, CheckpointError, FolderBusy, EditError, FileNotFoundError, ValueError,
+                RuntimeError) as e:
+            raise click.ClickException(str(e)) from None
+    return wrapper
+
+
+def job_options(fn):
+    """Options shared by run and rerender."""
+    decorators = [
+        click.option("--out", "-o", "out", required=True, type=click.Path(file_okay=False),
+                     help="Output folder (outputs and, by default, the ledger in <out>/ledger)."),
+        click.option("--workers", type=click.IntRange(min=1), default=None,
+                     help="Ray workers. Default: one per GPU, else one per CPU core of the cluster."),
+        click.option("--address", envvar="RAY_ADDRESS", default=None,
+                     help="Join an existing Ray cluster (also RAY_ADDRESS); default: an embedded local Ray."),
+        click.option("--ledger", default=None, type=click.Path(file_okay=False), help="Ledger folder (default <out>/ledger)."),
+        click.option("--weights", default=None, type=click.Path(dir_okay=False),
+                     help="Checkpoint (own format or official NeurOp .pth). Default: the shipped weights."),
+        click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS, show_default=True,
+                     help="Refuse images larger than this before decoding them."),
+        click.option("--retries", type=click.IntRange(min=1), default=3, show_default=True,
+                     help="Attempts per image when its worker dies."),
+        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
+        click.option("--no-progress", is_flag=True, help="No progress bar."),
+    ]
+    for d in reversed(decorators):
+        fn = d(fn)
+    return fn
+
+
+def _job_options(out, workers, address, ledger, weights, max_pixels, retries, device, no_progress, settings):
+    from jobs.run import JobOptions
+    return JobOptions(out=out, weights=weights, settings=settings, workers=workers, address=address, ledger=ledger,
+                      max_pixels=max_pixels, max_attempts=retries, device=device, progress=not no_progress)
+
+
+def _summary(result, start_note: str = "") -> None:
+    o = result.outcome
+    rate = o.images / o.seconds if o.seconds > 0 else 0.0
+    for e in o.errors or []:
+        click.echo(f"failed: {e}", err=True)
+    click.echo(f"{o.images} images: {o.ok} ok, {o.error} failed, {o.skipped} skipped in {o.seconds:.1f} s "
+               f"({rate:.2f} images/s){start_note}; run {result.run_id}, ledger {result.ledger}")
+    if o.worker_restarts:
+        click.echo(f"{o.worker_restarts} worker(s) died and were replaced", err=True)
+    if o.error:
+        sys.exit(1)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="retouch-batch")
+def main():
+    """Batch retouching of RAW and 16-bit photo archives with learned colour operators, on Ray."""
+
+
+@main.command()
+@click.argument("manifest", type=click.Path(dir_okay=False))
+@job_options
+@click.option("--format", "output_format", type=click.Choice(list(OUTPUT_FORMATS)), default="tiff16", show_default=True)
+@click.option("--quality", type=click.IntRange(1, 100), default=95, show_default=True, help="JPEG quality.")
+@click.option("--strip-metadata", is_flag=True, help="Do not copy EXIF from the source into JPEG outputs.")
+@click.option("--tiff-compression", type=click.Choice(TIFF_CODECS), default=None,
+              help="16-bit TIFF codec (default: none, the fastest; see BENCHMARKS.md).")
+@click.option("--lut-size", type=click.IntRange(2, 129), default=DEFAULT_LUT_SIZE, show_default=True,
+              help="3D LUT points per axis for full-resolution rendering.")
+@click.option("--half-size", is_flag=True, help="Demosaic RAW at half size (faster, half the resolution).")
+@click.option("--overwrite", is_flag=True, help="Redo images whose outputs are already current.")
+@user_errors
+def run(manifest, out, workers, address, ledger, weights, max_pixels, retries, device, no_progress, output_format,
+        quality, strip_metadata, tiff_compression, lut_size, half_size, overwrite):
+    """Retouch every image of MANIFEST (CSV or Parquet with a `path` column) into --out, with a ledger."""
+    from jobs.run import run_job
+    from jobs.worker import DEFAULT_TIFF_COMPRESSION, RenderSettings
+    settings = RenderSettings(output_format, quality, strip_metadata, lut_size,
+                              tiff_compression or DEFAULT_TIFF_COMPRESSION, half_size)
+    opts = _job_options(out, workers, address, ledger, weights, max_pixels, retries, device, no_progress, settings)
+    opts.overwrite = overwrite
+    result = run_job(manifest, opts, log=lambda m: click.echo(m, err=True))
+    _summary(result, " (resumed)" if result.resumed else "")
+
+
+@main.command()
+@click.argument("ledger", type=click.Path(file_okay=False))
+@job_options
+@click.option("--set", "set_ops", multiple=True, metavar="OP=VALUE", help="Set an operator's strength for every image.")
+@click.option("--shift", "shift_ops", multiple=True, metavar="OP=DELTA", help="Add DELTA to an operator's strength.")
+@click.option("--edits", type=click.Path(dir_okay=False), help="CSV: image_id plus one column per operator.")
+@click.option("--run", "run_id", default=None, help="Only this run of the ledger.")
+@click.option("--format", "output_format", type=click.Choice(list(OUTPUT_FORMATS)), default=None,
+              help="Output format (default: the original run's).")
+@user_errors
+def rerender(ledger, out, workers, address, ledger_out, weights, max_pixels, retries, device, no_progress, set_ops,
+             shift_ops, edits, run_id, output_format):
+    """Re-render LEDGER's images from their sources with its strengths, adjusted; never re-predicts."""
+    from jobs.rerender import rerender_job
+    opts = _job_options(out, workers, address, ledger_out, weights, max_pixels, retries, device, no_progress, None)
+    result = rerender_job(ledger, opts, set_ops, shift_ops, edits, run_id, output_format,
+                          log=lambda m: click.echo(m, err=True))
+    _summary(result)
+
+
+# rerender's own ledger option must not clash with its LEDGER argument
+for p in rerender.params:
+    if p.name == "ledger" and isinstance(p, click.Option):
+        p.name = "ledger_out"
+
+
+@main.command()
+@click.argument("ledger", type=click.Path(file_okay=False))
+@click.option("--verify", is_flag=True, help="Re-hash every output and source on disk.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
+@user_errors
+def audit(ledger, verify, as_json):
+    """Report per run what ran, with which model and strengths; --verify checks the files. Exit 1 if inconsistent."""
+    from jobs.audit import audit as run_audit, format_report
+    report = run_audit(ledger, verify)
+    click.echo(json.dumps(report.to_dict(), indent=1, default=str) if as_json else format_report(report))
+    sys.exit(0 if report.consistent else 1)
+
+
+@main.command()
+@click.argument("folder", type=click.Path(file_okay=False), required=False)
+@click.option("-o", "--output", "dest", required=True, type=click.Path(dir_okay=False), help="Manifest CSV to write.")
+@click.option("--no-recursive", is_flag=True, help="Only the folder itself, not its subfolders.")
+@click.option("--examples", is_flag=True, help="A manifest of real photos shipped by scikit-image, for a first run.")
+@user_errors
+def manifest(folder, dest, no_recursive, examples):
+    """Write a manifest of every image under FOLDER (RAW, TIFF, JPEG, PNG)."""
+    from manifests.manifest import example_photo_paths, scan_folder, write_manifest
+    if examples == bool(folder):
+        raise click.UsageError("give a FOLDER or --examples")
+    paths = example_photo_paths() if examples else scan_folder(folder, recursive=not no_recursive)
+    n = write_manifest(paths, dest)
+    click.echo(f"{n} images -> {dest}")
+
+
+@main.command(name="eval")
+@click.argument("pairs", type=click.Path())
+@click.option("--weights", multiple=True, type=click.Path(dir_okay=False),
+              help="Checkpoint(s) to evaluate side by side (default: the shipped weights).")
+@click.option("--json", "as_json", is_flag=True)
+@user_errors
+def eval_(pairs, weights, as_json):
+    """PSNR, SSIM and dE76 on PAIRS (input/ + target/ folders, or a CSV with input,target)."""
+    from pipeline.evaluate import evaluate, find_pairs
+    found = find_pairs(pairs)
+    results = [evaluate(found, w) for w in (weights or (None,))]
+    if as_json:
+        out = [r.to_dict() for r in results]
+        for d in out:
+            d["delta_e"] = d["delta_e"]
+        click.echo(json.dumps(out[0] if len(out) == 1 else out, indent=1))
+        return
+    for r in results:
+        click.echo(f"\n{r.weights}")
+        click.echo(f"  {'id':<12}{'PSNR':>8}{'SSIM':>8}{'dE76':>8}   (input PSNR)")
+        for s in r.per_image:
+            click.echo(f"  {s.id:<12}{s.psnr:8.2f}{s.ssim:8.4f}{s.delta_e:8.2f}   ({s.psnr_input:.2f})")
+        click.echo(f"  {'mean':<12}{r.psnr:8.2f}{r.ssim:8.4f}{r.delta_e:8.2f}   ({r.psnr_input:.2f})  n={r.n}")
+
+
+@main.command()
+@click.option("--pairs", "pairs", multiple=True, required=True, type=click.Path(exists=True),
+              help="Pairs folder (input/ + target/) or pairs CSV; repeatable.")
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Training folder (resumable).")
+@click.option("--init", default=None, type=click.Path(dir_okay=False, exists=True),
+              help="Start from these weights (e.g. the shipped default, for a personal style).")
+@click.option("--init-operators", default=None, type=click.Path(dir_okay=False, exists=True),
+              help="Start the operators from the official init_renderer.pth instead of analytic operators.")
+@click.option("--iters", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--lr", type=float, default=5e-5, show_default=True)
+@click.option("--trainable", type=click.Choice(["all", "predictors", "heads", "operators"]), default="all",
+              show_default=True, help="Which parameters move (fewer overfit less on few pairs).")
+@click.option("--val", type=click.IntRange(min=0), default=0, show_default=True, help="Pairs held out for validation.")
+@click.option("--val-ids", default="", help="Comma-separated pair ids to hold out (instead of --val).")
+@click.option("--eval-every", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--init-iters", type=click.IntRange(min=0), default=2000, show_default=True,
+              help="Operator-initialization iterations per operator (training from scratch).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@user_errors
+def train(pairs, out, init, init_operators, iters, lr, trainable, val, val_ids, eval_every, init_iters, seed, device):
+    """Train or fine-tune a model on before/after pairs; writes best.pt, last.pt, loss.csv and loss.png."""
+    import torch
+    from pipeline.train import TrainConfig, train as run_training
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    cfg = TrainConfig(list(pairs), out, init, init_operators, iters, lr, trainable, val,
+                      [v for v in val_ids.split(",") if v], seed, eval_every, init_iters, device)
+    best = run_training(cfg, log=click.echo)
+    click.echo(f"done: {out}/best.pt {json.dumps(best)}")
+
+
+@main.command()
+@click.option("--sizes", default="0.5,2,12,24,50", show_default=True, help="Image sizes in megapixels.")
+@click.option("--weights", default=None, type=click.Path(dir_okay=False, exists=True))
+@click.option("--lut-size", type=click.IntRange(2, 129), default=DEFAULT_LUT_SIZE, show_default=True)
+@click.option("--codecs", default="none,zstd,zlib", show_default=True, help="16-bit TIFF codecs to time.")
+@click.option("--reference-max-mp", type=float, default=2.0, show_default=True,
+              help="Also time the reference's full-resolution network up to this size (it is slow).")
+@click.option("--photo", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Photo to scale to each size (default: scikit-image's astronaut).")
+@click.option("--json", "json_path", default="bench.json", show_default=True, type=click.Path(dir_okay=False))
+@user_errors
+def bench(sizes, weights, lut_size, codecs, reference_max_mp, photo, json_path):
+    """Time and peak memory per image size: decode, predict, bake, apply, encode; LUT vs the reference."""
+    from manifests.manifest import example_photo_paths
+    from pipeline.bench import run_bench
+    photo = photo or next((p for p in example_photo_paths() if p.endswith("astronaut.png")), None)
+    run_bench([float(x) for x in sizes.split(",")], weights, lut_size, tuple(codecs.split(",")), reference_max_mp,
+              photo_path=photo, json_path=json_path, log=click.echo)
+    click.echo(f"-> {json_path}")
+
+
+if __name__ == "__main__":
+    main()

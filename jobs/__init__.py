@@ -1,0 +1,1 @@
+"""The Ray batch job, the Parquet ledger, rerender and audit."""

@@ -1,0 +1,144 @@
+"""Runs image tasks on a pool of Ray actors, replaces dead ones, retries their images a bounded number of times,
+and streams every result into the ledger. Only tasks and small rows travel through Ray; pixels never do."""
+from __future__ import annotations
+
+import collections
+import time
+from dataclasses import dataclass, replace
+
+from .ledger import LedgerRow, LedgerWriter, now
+from .progress import Progress
+from .worker import ImageProcessor, ImageTask, WorkerConfig
+
+IN_FLIGHT_PER_WORKER = 2  # one running, one queued: hides scheduling latency without hoarding images
+DEFAULT_MAX_ATTEMPTS = 3
+
+
+class JobInterrupted(Exception):
+    def __init__(self, done: int, total: int):
+        super().__init__(f"interrupted after {done} of {total} images")
+        self.done, self.total = done, total
+
+
+@dataclass
+class Outcome:
+    ok: int = 0
+    error: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+    worker_restarts: int = 0
+    errors: list[str] | None = None
+
+    @property
+    def images(self) -> int:
+        return self.ok + self.error + self.skipped
+
+    def count(self, row: LedgerRow) -> None:
+        setattr(self, row.status, getattr(self, row.status) + 1)
+        if row.status == "error":
+            self.errors = (self.errors or []) + [row.error or row.source_path]
+
+
+class _Worker:
+    """The Ray actor: loads the model once, then processes tasks."""
+
+    def __init__(self, config: WorkerConfig):
+        self.processor = ImageProcessor(config)
+
+    def process(self, task: ImageTask) -> LedgerRow:
+        return self.processor.process(task)
+
+    def ready(self) -> bool:
+        return True
+
+
+def execute(tasks: list[ImageTask], config: WorkerConfig, placement, writer: LedgerWriter,
+            progress: Progress, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+            record: callable = None) -> Outcome:
+    """Process every task exactly once into the ledger (``record(row)`` decides whether a row is written)."""
+    import ray
+    from ray.exceptions import GetTimeoutError, RayActorError, WorkerCrashedError, ObjectLostError
+
+    actor_cls = ray.remote(_Worker).options(num_cpus=placement.cpus_per_worker, num_gpus=placement.gpus_per_worker,
+                                            max_restarts=0, max_task_retries=0)
+    cfg = replace(config, device=placement.device, threads=placement.threads_per_worker)
+    outcome = Outcome()
+    start = time.monotonic()
+    queue = collections.deque(tasks)
+    n_workers = max(1, min(placement.workers, len(tasks)))
+    actors = [actor_cls.remote(cfg) for _ in range(n_workers)]
+    in_flight: dict = {}  # object ref -> (actor index, task)
+    load: list[int] = [0] * n_workers
+
+    def emit(row: LedgerRow) -> None:
+        if record is None or record(row):
+            writer.add(row)
+        outcome.count(row)
+        progress.update(row.status)
+
+    def dispatch() -> None:
+        for i in range(n_workers):
+            while queue and load[i] < IN_FLIGHT_PER_WORKER:
+                task = queue.popleft()
+                ref = actors[i].process.remote(task)
+                in_flight[ref] = (i, task)
+                load[i] += 1
+
+    def replace_actor(i: int) -> None:
+        try:
+            ray.kill(actors[i], no_restart=True)
+        except Exception:
+            pass
+        actors[i] = actor_cls.remote(cfg)
+        outcome.worker_restarts += 1
+
+    try:
+        dispatch()
+        while in_flight:
+            done, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
+            for ref in done:
+                i, task = in_flight.pop(ref)
+                load[i] -= 1
+                try:
+                    row = ray.get(ref)
+                except (RayActorError, WorkerCrashedError, ObjectLostError) as e:
+                    # the worker died (killed, out of memory, node lost): every image it held is retried elsewhere
+                    dead_refs = [r for r, (j, _) in in_flight.items() if j == i]
+                    retry = [task] + [in_flight.pop(r)[1] for r in dead_refs]
+                    load[i] = 0
+                    replace_actor(i)
+                    for t in retry:
+                        if t.attempts >= max_attempts:
+                            emit(_died_row(t, cfg, e))
+                        else:
+                            queue.appendleft(replace(t, attempts=t.attempts + 1))
+                    continue
+                except Exception as e:  # an error that escaped the per-image guard: still one row
+                    row = _died_row(task, cfg, e)
+                emit(row)
+            dispatch()
+    except KeyboardInterrupt:
+        writer.flush()
+        for a in actors:
+            try:
+                ray.kill(a, no_restart=True)
+            except Exception:
+                pass
+        raise JobInterrupted(outcome.images, len(tasks)) from None
+    writer.flush()
+    for a in actors:
+        try:
+            ray.kill(a, no_restart=True)
+        except Exception:
+            pass
+    outcome.seconds = time.monotonic() - start
+    return outcome
+
+
+def _died_row(task: ImageTask, cfg: WorkerConfig, e: Exception) -> LedgerRow:
+    cause = type(e).__name__
+    return LedgerRow(image_id=task.image_id, source_path=task.source, status="error", created_at=now(),
+                     error=f"{task.source}: the worker processing it died {task.attempts} time(s) ({cause}); "
+                           "possibly out of memory", attempts=task.attempts, command=task.command,
+                     parent_run_id=task.parent_run_id, render_settings=cfg.settings.to_json(),
+                     output_format=cfg.settings.output_format)

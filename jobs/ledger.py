@@ -1,0 +1,179 @@
+"""The ledger: an append-only, hive-partitioned Parquet dataset, one row per image per run.
+
+Layout: ``<ledger>/run_id=<run>/part-<seq>-<uuid>.parquet``, one part file per flushed batch, never rewritten.
+A part file is written under a temporary name and renamed, so a reader never sees a truncated ``.parquet``.
+``run_id`` lives in the partition path only (pyarrow and DuckDB add it back when reading with hive partitioning).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+SCHEMA_VERSION = "1"
+STATUSES = ("ok", "error", "skipped")
+RUNS_DIR = "_runs"  # run records (JSON): settings, started/finished; not part of the Parquet dataset
+
+
+@dataclass
+class LedgerRow:
+    image_id: str
+    source_path: str
+    status: str  # ok / error / skipped
+    run_id: str = ""
+    source_sha256: str | None = None
+    output_path: str | None = None
+    output_sha256: str | None = None
+    model: str | None = None
+    model_version: str | None = None
+    weights_sha256: str | None = None
+    operators: list[str] = field(default_factory=list)
+    strengths: list[float] = field(default_factory=list)
+    error: str | None = None
+    created_at: datetime | None = None
+    width: int | None = None
+    height: int | None = None
+    output_format: str | None = None
+    render_settings: str | None = None  # JSON of everything besides the strengths that changes the output bytes
+    parent_run_id: str | None = None  # rerender: the run whose strengths were replayed
+    command: str = "run"  # run / rerender
+    attempts: int = 1
+    seconds: float | None = None
+    timings: str | None = None  # JSON {stage: seconds}
+
+
+SCHEMA = pa.schema([
+    ("image_id", pa.string()), ("source_path", pa.string()), ("status", pa.string()),
+    ("source_sha256", pa.string()), ("output_path", pa.string()), ("output_sha256", pa.string()),
+    ("model", pa.string()), ("model_version", pa.string()), ("weights_sha256", pa.string()),
+    ("operators", pa.list_(pa.string())), ("strengths", pa.list_(pa.float64())), ("error", pa.string()),
+    ("created_at", pa.timestamp("us", tz="UTC")), ("width", pa.int64()), ("height", pa.int64()),
+    ("output_format", pa.string()), ("render_settings", pa.string()), ("parent_run_id", pa.string()),
+    ("command", pa.string()), ("attempts", pa.int64()), ("seconds", pa.float64()), ("timings", pa.string()),
+], metadata={"ledger_schema_version": SCHEMA_VERSION, "writer": "retouch-batch"})
+
+assert [f.name for f in fields(LedgerRow) if f.name != "run_id"] == SCHEMA.names
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def new_run_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+
+
+class LedgerWriter:
+    """Buffers rows of one run and writes them as part files."""
+
+    def __init__(self, root: str | os.PathLike, run_id: str, flush_rows: int = 32, flush_seconds: float = 10.0):
+        self.root = Path(root)
+        self.run_id = run_id
+        self.dir = self.root / f"run_id={run_id}"
+        self.flush_rows = flush_rows
+        self.flush_seconds = flush_seconds
+        self.buffer: list[LedgerRow] = []
+        self.last_flush = time.monotonic()
+        self.rows_written = 0
+
+    def add(self, row: LedgerRow) -> None:
+        row.run_id = self.run_id
+        self.buffer.append(row)
+        if len(self.buffer) >= self.flush_rows or time.monotonic() - self.last_flush >= self.flush_seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        self.last_flush = time.monotonic()
+        if not self.buffer:
+            return
+        rows, self.buffer = self.buffer, []
+        table = rows_to_table(rows)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        name = f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
+        tmp = self.dir / f".{name}.tmp"
+        pq.write_table(table, tmp, compression="zstd")
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, self.dir / name)
+        self.rows_written += len(rows)
+
+
+def rows_to_table(rows: list[LedgerRow]) -> pa.Table:
+    cols = {name: [] for name in SCHEMA.names}
+    for r in rows:
+        d = asdict(r)
+        for name in SCHEMA.names:
+            cols[name].append(d[name])
+    return pa.table(cols, schema=SCHEMA)
+
+
+def read_ledger(root: str | os.PathLike) -> list[LedgerRow]:
+    """Every row of a ledger dataset (temporary and hidden files ignored), oldest first."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no ledger here (expected a folder of run_id=... partitions)")
+    files = sorted(str(p) for p in root.glob("run_id=*/*.parquet") if not p.name.startswith("."))
+    if not files:
+        return []
+    dataset = pads.dataset(files, format="parquet", partitioning="hive", partition_base_dir=str(root))
+    table = dataset.to_table()
+    names = {f.name for f in fields(LedgerRow)}
+    rows = [LedgerRow(**{k: v for k, v in d.items() if k in names}) for d in table.to_pylist()]
+    for r in rows:
+        r.run_id = str(r.run_id)
+        r.operators = list(r.operators or [])
+        r.strengths = list(r.strengths or [])
+    rows.sort(key=lambda r: (r.created_at or datetime.min.replace(tzinfo=timezone.utc)))
+    return rows
+
+
+def latest_by_image(rows: list[LedgerRow], statuses: tuple[str, ...] = STATUSES) -> dict[str, LedgerRow]:
+    """Newest row per image_id among rows whose status is in ``statuses``."""
+    out: dict[str, LedgerRow] = {}
+    for r in rows:  # oldest first
+        if r.status in statuses:
+            out[r.image_id] = r
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ run records
+
+@dataclass
+class RunRecord:
+    run_id: str
+    command: str
+    settings_key: str  # sha256 of what defines the job: manifest content, model, render settings
+    started_at: str
+    images: int
+    finished_at: str | None = None
+    parent_run_id: str | None = None
+    weights_path: str | None = None
+    weights_sha256: str | None = None
+    out: str | None = None
+
+
+def write_run_record(root: str | os.PathLike, rec: RunRecord) -> None:
+    d = Path(root) / RUNS_DIR
+    d.mkdir(parents=True, exist_ok=True)
+    tmp = d / f".{rec.run_id}.json.tmp"
+    tmp.write_text(json.dumps(asdict(rec), indent=1))
+    os.replace(tmp, d / f"{rec.run_id}.json")
+
+
+def read_run_records(root: str | os.PathLike) -> list[RunRecord]:
+    d = Path(root) / RUNS_DIR
+    out = []
+    for p in sorted(d.glob("*.json")) if d.is_dir() else []:
+        try:
+            out.append(RunRecord(**json.loads(p.read_text())))
+        except (ValueError, TypeError):
+            continue  # a record from an interrupted write is ignored, not fatal
+    return sorted(out, key=lambda r: r.started_at)

@@ -1,0 +1,171 @@
+"""`retouch-batch rerender`: replay a ledger's strengths, adjusted by the user, without re-predicting them."""
+from __future__ import annotations
+
+import csv
+import math
+import os
+from dataclasses import dataclass, replace
+
+from pipeline.checkpoint import CheckpointError, load_checkpoint
+
+from .ledger import LedgerRow, RunRecord, latest_by_image, new_run_id, now, read_ledger, read_run_records
+from .lock import OutputLock
+from .run import JobOptions, JobResult, launch, remove_stale_temporaries
+from .worker import ImageTask, RenderSettings
+
+STRENGTH_RANGE = (-1.0, 1.0)
+
+
+class EditError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class StrengthEdits:
+    set: dict[str, float]
+    shift: dict[str, float]
+    per_image: dict[str, dict[str, float]]  # image_id -> {operator: value} from an edits file
+
+    def apply(self, image_id: str, operators: list[str], strengths: list[float]) -> list[float]:
+        out = []
+        for op, v in zip(operators, strengths):
+            v = self.per_image.get(image_id, {}).get(op, self.set.get(op, v))
+            v += self.shift.get(op, 0.0)
+            out.append(min(max(v, STRENGTH_RANGE[0]), STRENGTH_RANGE[1]))
+        return out
+
+
+def parse_assignments(items: tuple[str, ...], what: str, operators: list[str]) -> dict[str, float]:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise EditError(f"{what} {item!r}: expected OP=VALUE")
+        op, _, value = item.partition("=")
+        op = op.strip()
+        out[op] = _number(value, f"{what} {item!r}")
+        _check_operator(op, operators, f"{what} {item!r}")
+        if what == "--set":
+            _check_range(out[op], f"{what} {item!r}")
+    return out
+
+
+def _number(text: str, where: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise EditError(f"{where}: {text.strip()!r} is not a number") from None
+    if not math.isfinite(v):
+        raise EditError(f"{where}: {text.strip()!r} is not a finite number")
+    return v
+
+
+def _check_operator(op: str, operators: list[str], where: str) -> None:
+    if op not in operators:
+        raise EditError(f"{where}: unknown operator {op!r}; this ledger's operators are {', '.join(operators)}")
+
+
+def _check_range(v: float, where: str) -> None:
+    lo, hi = STRENGTH_RANGE
+    if not lo <= v <= hi:
+        raise EditError(f"{where}: {v} is outside the strength range [{lo}, {hi}]")
+
+
+def read_edits_file(path: str, operators: list[str], image_ids: set[str]) -> dict[str, dict[str, float]]:
+    """An edits CSV: an image_id column plus one column per operator (blank = keep the ledger's value)."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            cols = [c.strip() for c in reader.fieldnames or []]
+            rows = list(reader)
+    except OSError as e:
+        raise EditError(f"{path}: cannot read edits file ({e.strerror})") from None
+    if "image_id" not in cols:
+        raise EditError(f"{path}: no 'image_id' column")
+    for c in cols:
+        if c != "image_id":
+            _check_operator(c, operators, f"{path}: column")
+    out: dict[str, dict[str, float]] = {}
+    for line, r in enumerate(rows, start=2):
+        image_id = (r.get("image_id") or "").strip()
+        if image_id not in image_ids:
+            raise EditError(f"{path}: line {line}: image_id {image_id!r} is not in the ledger")
+        if image_id in out:
+            raise EditError(f"{path}: line {line}: image_id {image_id!r} appears twice")
+        vals = {}
+        for op in cols:
+            if op != "image_id" and (r.get(op) or "").strip():
+                vals[op] = _number(r[op], f"{path}: line {line}, {op}")
+                _check_range(vals[op], f"{path}: line {line}, {op}")
+        out[image_id] = vals
+    return out
+
+
+def source_rows(ledger: str, run_id: str | None = None) -> list[LedgerRow]:
+    rows = read_ledger(ledger)
+    if run_id:
+        rows = [r for r in rows if r.run_id == run_id]
+        if not rows:
+            raise EditError(f"{ledger}: no rows for run {run_id}")
+    latest = latest_by_image(rows, ("ok", "skipped"))
+    if not latest:
+        raise EditError(f"{ledger}: no successfully rendered images to re-render")
+    return list(latest.values())
+
+
+def rerender_job(ledger: str, opts: JobOptions, set_ops: tuple[str, ...] = (), shift_ops: tuple[str, ...] = (),
+                 edits_file: str | None = None, run_id: str | None = None, output_format: str | None = None,
+                 log=print) -> JobResult:
+    ledger = os.path.abspath(ledger)
+    rows = source_rows(ledger, run_id)
+    weights = {r.weights_sha256 for r in rows}
+    if len(weights) > 1:
+        raise EditError(f"{ledger}: images were rendered with {len(weights)} different weights; "
+                        "re-render one run at a time with --run RUN_ID")
+    operators = list(rows[0].operators)
+    edits = StrengthEdits(parse_assignments(set_ops, "--set", operators),
+                          parse_assignments(shift_ops, "--shift", operators),
+                          read_edits_file(edits_file, operators, {r.image_id for r in rows}) if edits_file else {})
+    records = {r.run_id: r for r in read_run_records(ledger)}
+    loaded = _find_weights(opts.weights, rows[0].weights_sha256, records)
+    settings = RenderSettings.from_json(rows[0].render_settings) if rows[0].render_settings else RenderSettings()
+    if output_format:
+        settings = replace(settings, output_format=output_format)
+    opts = replace(opts, settings=settings)
+    out = os.path.abspath(opts.out)
+    os.makedirs(out, exist_ok=True)
+    from pipeline.imageio import OUTPUT_FORMATS
+    tasks = []
+    for r in rows:
+        rec = records.get(r.run_id)
+        rel = os.path.relpath(r.output_path, rec.out) if rec and rec.out and r.output_path else os.path.basename(
+            r.output_path or r.source_path)
+        rel = os.path.splitext(rel)[0] + OUTPUT_FORMATS[settings.output_format]
+        tasks.append(ImageTask(r.image_id, r.source_path, os.path.join(out, rel),
+                               strengths=edits.apply(r.image_id, operators, list(r.strengths)),
+                               parent_run_id=r.run_id, command="rerender", overwrite=True))
+    with OutputLock(out):
+        remove_stale_temporaries(out)
+        ledger_out = os.path.abspath(opts.ledger_dir)
+        new_id = new_run_id()
+        rec = RunRecord(new_id, "rerender", "", now().isoformat(), len(tasks),
+                        parent_run_id=",".join(sorted({r.run_id for r in rows})), weights_path=loaded.weights_path,
+                        weights_sha256=loaded.weights_sha256, out=out)
+        outcome = launch(tasks, loaded.weights_path, opts, rec, ledger_out, log)
+    return JobResult(new_id, outcome, False, ledger_out, [])
+
+
+def _find_weights(explicit: str | None, sha: str, records: dict[str, RunRecord]):
+    """The weights the ledger's strengths were made for: --weights, the path the run recorded, or the default."""
+    candidates = [explicit] if explicit else [r.weights_path for r in records.values() if r.weights_sha256 == sha]
+    candidates = [c for c in candidates if c] + ([None] if not explicit else [])
+    for c in candidates:
+        try:
+            loaded = load_checkpoint(c)
+        except CheckpointError:
+            continue
+        if loaded.weights_sha256 == sha:
+            return loaded
+    if explicit:
+        raise EditError(f"{explicit}: these weights (sha256 differs) are not the ones the ledger's strengths were "
+                        f"made with ({sha[:12]}...)")
+    raise EditError(f"cannot find the weights with sha256 {sha[:12]}... that this ledger used; pass --weights")

@@ -1,0 +1,135 @@
+"""`retouch-batch run`: a manifest in, outputs and a ledger out, resumable after any crash."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+
+from manifests.manifest import load_manifest
+from pipeline.checkpoint import load_checkpoint
+from pipeline.imageio import DEFAULT_MAX_PIXELS, TEMP_PREFIX
+
+from . import cluster
+from .executor import DEFAULT_MAX_ATTEMPTS, Outcome, execute
+from .ledger import (LedgerRow, LedgerWriter, RunRecord, latest_by_image, new_run_id, now, read_ledger,
+                     read_run_records, write_run_record)
+from .lock import OutputLock
+from .progress import Progress
+from .worker import ImageTask, RenderSettings, WorkerConfig
+
+
+@dataclass
+class JobOptions:
+    out: str
+    weights: str | None = None
+    settings: RenderSettings = field(default_factory=RenderSettings)
+    workers: int | None = None
+    address: str | None = None
+    ledger: str | None = None  # default <out>/ledger
+    overwrite: bool = False
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    device: str = "auto"
+    progress: bool = True
+
+    @property
+    def ledger_dir(self) -> str:
+        return self.ledger or os.path.join(self.out, "ledger")
+
+
+@dataclass
+class JobResult:
+    run_id: str
+    outcome: Outcome
+    resumed: bool
+    ledger: str
+    warnings: list[str]
+
+
+def remove_stale_temporaries(folder: str) -> int:
+    """Half-written outputs of a killed job (the lock guarantees no live job owns them)."""
+    n = 0
+    for d, dirs, files in os.walk(folder):
+        for f in files:
+            if f.startswith(TEMP_PREFIX) or (f.startswith(".part-") and f.endswith(".tmp")):
+                try:
+                    os.unlink(os.path.join(d, f))
+                    n += 1
+                except OSError:
+                    pass
+    return n
+
+
+def settings_key(entries, weights_sha: str, settings: RenderSettings) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps([[e.image_id, e.source, e.output] for e in entries]).encode())
+    h.update(weights_sha.encode())
+    h.update(settings.to_json().encode())
+    return h.hexdigest()
+
+
+def run_job(manifest_path: str, opts: JobOptions, log=print) -> JobResult:
+    out = os.path.abspath(opts.out)
+    manifest = load_manifest(manifest_path, out, opts.settings.output_format)
+    for w in manifest.warnings:
+        log(f"warning: {w}")
+    loaded = load_checkpoint(opts.weights)  # fail early, before Ray starts, on a bad checkpoint
+    os.makedirs(out, exist_ok=True)
+    with OutputLock(out):
+        remove_stale_temporaries(out)
+        ledger_dir = os.path.abspath(opts.ledger_dir)
+        rows = read_ledger(ledger_dir) if os.path.isdir(ledger_dir) else []
+        key = settings_key(manifest.entries, loaded.weights_sha256, opts.settings)
+        records = [r for r in read_run_records(ledger_dir) if r.command == "run"]
+        unfinished = [r for r in records if r.finished_at is None and r.settings_key == key]
+        resumed = bool(unfinished) and unfinished[-1].run_id == (records[-1].run_id if records else None)
+        run_id = unfinished[-1].run_id if resumed else new_run_id()
+        in_this_run = {r.image_id: r for r in rows if r.run_id == run_id}
+        previous = latest_by_image(rows, ("ok", "skipped"))
+        tasks = []
+        for e in manifest.entries:
+            done = in_this_run.get(e.image_id)
+            if done is not None and done.status == "error":
+                continue  # already reported in this run: one row per image per run
+            tasks.append(ImageTask(e.image_id, e.source, os.path.join(out, e.output), previous=previous.get(e.image_id),
+                                   overwrite=opts.overwrite and done is None))
+        if resumed:
+            log(f"resuming run {run_id}: {len(in_this_run)} of {len(manifest.entries)} images already in the ledger")
+        started = unfinished[-1].started_at if resumed else now().isoformat()
+        rec = RunRecord(run_id, "run", key, started, len(manifest.entries), weights_path=loaded.weights_path,
+                        weights_sha256=loaded.weights_sha256, out=out)
+        if not resumed:
+            write_run_record(ledger_dir, rec)
+        def record(row: LedgerRow) -> bool:
+            # in a resumed run an image already recorded in it gets no second row
+            return not (row.status == "skipped" and row.image_id in in_this_run)
+
+        outcome = launch(tasks, loaded.weights_path, opts, rec, ledger_dir, log, record)
+        for r in in_this_run.values():  # what the interrupted part of this run already reported
+            if r.status == "error":
+                outcome.count(r)
+    return JobResult(run_id, outcome, resumed, ledger_dir, manifest.warnings)
+
+
+def launch(tasks: list[ImageTask], weights_path: str, opts: JobOptions, rec: RunRecord, ledger_dir: str, log,
+           record=None) -> Outcome:
+    """Start or join Ray, run the tasks, and mark the run finished in its record. The caller holds the lock."""
+    if not tasks:
+        rec.finished_at = now().isoformat()
+        write_run_record(ledger_dir, rec)
+        return Outcome()
+    cluster.connect(opts.address)
+    placement = cluster.plan(opts.workers, opts.device)
+    log(f"{rec.command} {rec.run_id}: {len(tasks)} images on {placement.workers} {placement.device} worker(s)"
+        f" -> {rec.out}")
+    writer = LedgerWriter(ledger_dir, rec.run_id)
+    config = WorkerConfig(weights=weights_path, settings=opts.settings, max_pixels=opts.max_pixels)
+    progress = Progress(len(tasks), enabled=opts.progress)
+    try:
+        outcome = execute(tasks, config, placement, writer, progress, opts.max_attempts, record)
+    finally:
+        progress.close()
+    rec.finished_at = now().isoformat()
+    write_run_record(ledger_dir, rec)
+    return outcome

@@ -1,0 +1,181 @@
+"""What happens to one image, inside a worker: hash, decode, predict, render, encode, write.
+
+Pure of Ray: ``ImageProcessor`` is unit-tested on its own and wrapped by a Ray actor in ``jobs.run``.
+Every failure of one image becomes an error row naming the file and the cause; nothing here raises for bad input.
+"""
+from __future__ import annotations
+
+import json
+import os
+import stat
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from pipeline.checkpoint import file_sha256, load_checkpoint
+from pipeline.imageio import DEFAULT_MAX_PIXELS, DecodeError, decode, encode, write_atomic
+from pipeline.lut import DEFAULT_LUT_SIZE
+from pipeline.render import Retoucher
+
+from .ledger import LedgerRow, now
+
+DEFAULT_TIFF_COMPRESSION = "none"
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    """Everything besides the strengths that decides an output's bytes (part of the resume key)."""
+
+    output_format: str = "tiff16"
+    jpeg_quality: int = 95
+    strip_metadata: bool = False
+    lut_size: int = DEFAULT_LUT_SIZE
+    tiff_compression: str = DEFAULT_TIFF_COMPRESSION
+    half_size: bool = False
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "RenderSettings":
+        d = json.loads(text)
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+@dataclass
+class ImageTask:
+    image_id: str
+    source: str
+    output: str  # absolute output path
+    strengths: list[float] | None = None  # given: rerender (never re-predicted); None: predict
+    previous: LedgerRow | None = None  # the newest ok row: skip when source, settings and output still match
+    overwrite: bool = False
+    parent_run_id: str | None = None
+    attempts: int = 1
+    command: str = "run"
+
+
+@dataclass
+class WorkerConfig:
+    weights: str | None
+    settings: RenderSettings = field(default_factory=RenderSettings)
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    device: str = "cpu"
+    threads: int = 1
+
+
+def output_mode(source: str) -> int:
+    """Outputs never get wider permissions than their source (and stay readable and writable by the owner)."""
+    try:
+        src = stat.S_IMODE(os.stat(source).st_mode)
+    except OSError:
+        src = 0o644
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o666 & ~umask) & (src | 0o600)
+
+
+class ImageProcessor:
+    def __init__(self, config: WorkerConfig):
+        import torch
+        torch.set_num_threads(max(1, config.threads))
+        try:
+            import numba
+            numba.set_num_threads(max(1, min(config.threads, numba.config.NUMBA_NUM_THREADS)))
+        except (ImportError, ValueError):
+            pass
+        self.config = config
+        loaded = load_checkpoint(config.weights, device=config.device)
+        self.retoucher = Retoucher(loaded, lut_size=config.settings.lut_size, device=config.device)
+        self.settings_json = config.settings.to_json()
+
+    def _row(self, task: ImageTask, status: str, **kw) -> LedgerRow:
+        info = self.retoucher.info
+        base = dict(image_id=task.image_id, source_path=task.source, status=status, model=info.model,
+                    model_version=info.model_version, weights_sha256=self.retoucher.loaded.weights_sha256,
+                    operators=list(info.operators), created_at=now(), output_format=self.config.settings.output_format,
+                    render_settings=self.settings_json, parent_run_id=task.parent_run_id, command=task.command,
+                    attempts=task.attempts, output_path=task.output)
+        base.update(kw)
+        return LedgerRow(**base)
+
+    def is_current(self, task: ImageTask, source_sha: str) -> bool:
+        prev = task.previous
+        if task.overwrite or prev is None or prev.status not in ("ok", "skipped"):
+            return False
+        same = (prev.source_sha256 == source_sha and prev.weights_sha256 == self.retoucher.loaded.weights_sha256
+                and prev.render_settings == self.settings_json and prev.output_path == task.output
+                and (task.strengths is None or list(task.strengths) == list(prev.strengths)))
+        return same and os.path.isfile(task.output) and file_sha256(task.output) == prev.output_sha256
+
+    def process(self, task: ImageTask) -> LedgerRow:
+        t0 = time.perf_counter()
+        timings: dict[str, float] = {}
+
+        def lap(stage: str, since: list[float] = [t0]) -> None:
+            t = time.perf_counter()
+            timings[stage] = round(t - since[0], 4)
+            since[0] = t
+
+        src = task.source
+        try:
+            if not os.path.exists(src):
+                raise DecodeError("file not found")
+            if os.path.isdir(src):
+                raise DecodeError("is a folder, not an image")
+            source_sha = file_sha256(src)
+            lap("hash")
+            if self.is_current(task, source_sha):
+                p = task.previous
+                return self._row(task, "skipped", source_sha256=source_sha, output_sha256=p.output_sha256,
+                                 strengths=list(p.strengths), width=p.width, height=p.height,
+                                 seconds=round(time.perf_counter() - t0, 4))
+            s = self.config.settings
+            decoded = decode(src, self.config.max_pixels, self.retoucher.info.rendition, half_size=s.half_size)
+            pixels = decoded.pixels
+            h, w = pixels.shape[:2]
+            lap("decode")
+            if task.strengths is None:
+                strengths = [float(x) for x in self.retoucher.predict(pixels)]
+                lap("predict")
+            else:
+                strengths = [float(x) for x in task.strengths]
+            lut = self.retoucher.lut(strengths)
+            lap("bake")
+            from pipeline.lut import apply_lut_u16
+            apply_lut_u16(pixels, lut, out=pixels)  # in place: no second full-resolution buffer
+            lap("apply")
+            data = encode(pixels, s.output_format, jpeg_quality=s.jpeg_quality,
+                          exif=None if s.strip_metadata else decoded.exif, tiff_compression=s.tiff_compression)
+            del pixels, decoded
+            lap("encode")
+            if os.path.realpath(task.output) == os.path.realpath(src):
+                raise DecodeError("refusing to overwrite the source with its output")
+            try:
+                write_atomic(task.output, data, output_mode(src))
+            except OSError as e:
+                raise DecodeError(f"cannot write output {task.output}: {e.strerror or e}") from None
+            out_sha = _sha256_bytes(data)
+            lap("write")
+            return self._row(task, "ok", source_sha256=source_sha, output_sha256=out_sha, strengths=strengths,
+                             width=w, height=h, seconds=round(time.perf_counter() - t0, 4),
+                             timings=json.dumps(timings))
+        except DecodeError as e:
+            return self._row(task, "error", error=f"{src}: {e}", output_path=None,
+                             seconds=round(time.perf_counter() - t0, 4))
+        except PermissionError:
+            return self._row(task, "error", error=f"{src}: permission denied", output_path=None)
+        except MemoryError:
+            return self._row(task, "error", error=f"{src}: out of memory while processing", output_path=None)
+        except OSError as e:
+            return self._row(task, "error", error=f"{src}: {e.strerror or e}", output_path=None)
+        except Exception as e:  # a bug or an unforeseen library error: still one row, never a lost image
+            msg = str(e).splitlines()[0][:200] if str(e) else ""
+            return self._row(task, "error", error=f"{src}: internal error {type(e).__name__}: {msg}",
+                             output_path=None)
+
+
+def _sha256_bytes(data: bytes) -> str:
+    import hashlib
+    return hashlib.sha256(data).hexdigest()

@@ -1,0 +1,1 @@
+"""Manifest schema, validation, folder scanning and example manifests."""

@@ -1,0 +1,1 @@
+"""Image I/O, colour maths, the retouching models and full-resolution rendering."""

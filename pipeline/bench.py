@@ -1,0 +1,205 @@
+"""`retouch-batch bench`: time and memory per image size, our LUT path beside the reference's per-pixel network.
+
+Each size is a real photo resized to that many megapixels and stored as a 16-bit TIFF. Stages: decode (tifffile),
+predict (thumbnail + strength predictors), bake (LUT), apply (LUT at full resolution, uint16 in place), encode
+(16-bit TIFF bytes, each codec asked for). The reference way (every predictor fed the full-resolution
+intermediate, the network on every pixel) is measured up to ``reference_max_mp``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from .checkpoint import load_checkpoint
+from .imageio import decode, encode, write_atomic
+from .lut import apply_lut_u16
+from .metrics import psnr
+from .render import Retoucher
+
+DEFAULT_SIZES_MP = (0.5, 2, 12, 24, 50)
+
+
+class PeakRSS:
+    """Peak resident memory above a baseline, sampled from /proc (catches torch/numba/C allocations too)."""
+
+    def __init__(self, interval: float = 0.002):
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+
+    @staticmethod
+    def rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def __enter__(self):
+        self.base = self.rss()
+        self.peak = self.base
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+        return self
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.rss())
+            time.sleep(self.interval)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+        self.peak = max(self.peak, self.rss())
+
+    @property
+    def mib(self) -> float:
+        return (self.peak - self.base) / 2**20
+
+
+@dataclass
+class SizeResult:
+    megapixels: float
+    width: int
+    height: int
+    decode_s: float
+    predict_s: float
+    bake_s: float
+    apply_s: float
+    model_stage_s: float  # predict + bake + apply
+    encode_s: dict[str, float]
+    encoded_mb: dict[str, float]
+    peak_mib_model_stage: float
+    peak_mib_total: float
+    lut_vs_exact_db: float | None = None
+    reference_s: float | None = None  # full-resolution network forward (predict + render), the reference's way
+    reference_peak_mib: float | None = None
+    speedup_vs_reference: float | None = None
+
+
+@dataclass
+class BenchReport:
+    machine: dict
+    weights: str
+    lut_size: int
+    threads: int
+    sizes: list[SizeResult] = field(default_factory=list)
+
+
+def machine_info() -> dict:
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def test_image(megapixels: float, photo: np.ndarray | None = None) -> np.ndarray:
+    """A real photo (or a smooth gradient when none is given) resized to ``megapixels`` at 3:2, uint16."""
+    from PIL import Image
+    w = int(round((megapixels * 1e6 * 1.5) ** 0.5))
+    h = int(round(w / 1.5))
+    if photo is None:
+        y, x = np.mgrid[0:256, 0:384] / 384.0
+        photo = (np.stack([x, y, 1 - x * y], -1) * 255).astype(np.uint8)
+    img = Image.fromarray(photo).resize((w, h), Image.BILINEAR)
+    return np.asarray(img, dtype=np.uint16) * 257
+
+
+def _timed(fn, repeat: int = 1):
+    best, out = float("inf"), None
+    for _ in range(repeat):
+        t = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t)
+    return best, out
+
+
+def bench_size(retoucher: Retoucher, megapixels: float, photo, codecs, reference_max_mp: float,
+               workdir: str, log=print) -> SizeResult:
+    import tifffile
+    src = test_image(megapixels, photo)
+    h, w = src.shape[:2]
+    path = os.path.join(workdir, f"bench_{megapixels}.tif")
+    tifffile.imwrite(path, src, photometric="rgb")
+    del src
+    with PeakRSS() as total:
+        decode_s, decoded = _timed(lambda: decode(path))
+        px = decoded.pixels
+        with PeakRSS() as model_mem:
+            predict_s, s = _timed(lambda: retoucher.predict(px), repeat=2)
+            bake_s, lut = _timed(lambda: retoucher.lut(s), repeat=2)
+            t = time.perf_counter()
+            apply_lut_u16(px, lut, out=px)
+            apply_s = time.perf_counter() - t
+        enc, size = {}, {}
+        for c in codecs:
+            enc[c], data = _timed(lambda: encode(px, "tiff16", tiff_compression=c))
+            size[c] = round(len(data) / 1e6, 2)
+            t = time.perf_counter()
+            write_atomic(os.path.join(workdir, "out.tif"), data)
+            enc[c] = round(enc[c] + time.perf_counter() - t, 4)
+    res = SizeResult(megapixels, w, h, round(decode_s, 4), round(predict_s, 4), round(bake_s, 4), round(apply_s, 4),
+                     round(predict_s + bake_s + apply_s, 4), enc, size, round(model_mem.mib, 1),
+                     round(total.mib, 1))
+    if megapixels <= reference_max_mp:
+        orig = decode(path).pixels
+        exact = retoucher.render_exact(orig, s)
+        res.lut_vs_exact_db = round(psnr(apply_lut_u16(orig, lut).astype(np.float32) / 65535, exact), 2)
+        del exact
+        img = torch.from_numpy(orig.astype(np.float32) / 65535).permute(2, 0, 1)[None]
+        del orig
+        with PeakRSS() as ref_mem, torch.inference_mode():
+            res.reference_s, _ = _timed(lambda: retoucher.model(img))
+        res.reference_s = round(res.reference_s, 3)
+        res.reference_peak_mib = round(ref_mem.mib, 1)
+        res.speedup_vs_reference = round(res.reference_s / res.model_stage_s, 1)
+    os.unlink(path)
+    log(format_row(res))
+    return res
+
+
+HEADER = (f"{'MP':>5} {'size':>11} {'decode':>7} {'predict':>8} {'bake':>6} {'apply':>6} {'model':>6} "
+          f"{'encode':>24} {'peak MiB':>9} {'LUT dB':>7} {'reference':>10} {'ratio':>7}")
+
+
+def format_row(r: SizeResult) -> str:
+    enc = " ".join(f"{c}:{t:.2f}" for c, t in r.encode_s.items())
+    ref = f"{r.reference_s:.2f}s" if r.reference_s is not None else "-"
+    ratio = f"{r.speedup_vs_reference:.0f}x" if r.speedup_vs_reference else "-"
+    db = f"{r.lut_vs_exact_db:.1f}" if r.lut_vs_exact_db is not None else "-"
+    return (f"{r.megapixels:5.1f} {r.width:>5}x{r.height:<5} {r.decode_s:7.3f} {r.predict_s:8.3f} {r.bake_s:6.3f} "
+            f"{r.apply_s:6.3f} {r.model_stage_s:6.3f} {enc:>24} {r.peak_mib_model_stage:9.1f} {db:>7} {ref:>10} "
+            f"{ratio:>7}")
+
+
+def run_bench(sizes=DEFAULT_SIZES_MP, weights: str | None = None, lut_size: int = 33, codecs=("none", "zstd"),
+              reference_max_mp: float = 2.0, threads: int | None = None, photo_path: str | None = None,
+              json_path: str | None = None, log=print) -> BenchReport:
+    threads = threads or os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    loaded = load_checkpoint(weights)
+    r = Retoucher(loaded, lut_size=lut_size)
+    photo = None
+    if photo_path:
+        from PIL import Image
+        photo = np.asarray(Image.open(photo_path).convert("RGB"))
+    report = BenchReport(machine_info(), loaded.weights_path, lut_size, threads)
+    apply_lut_u16(test_image(0.01), r.lut([0, 0, 0]))  # compile the kernel outside the timings
+    log(f"machine: {report.machine}; LUT {lut_size}^3; {threads} threads")
+    log(HEADER)
+    with tempfile.TemporaryDirectory(prefix="retouch-bench-") as d:
+        for mp in sizes:
+            report.sizes.append(bench_size(r, mp, photo, codecs, reference_max_mp, d, log))
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(asdict(report), f, indent=1)
+    return report

@@ -1,0 +1,89 @@
+"""Evaluate a checkpoint on before/after pairs with the reference's metrics (PSNR, SSIM, dE76)."""
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .checkpoint import load_checkpoint
+from .imageio import IMAGE_EXTENSIONS, decode
+from .metrics import delta_e76, psnr, ssim
+
+
+@dataclass
+class PairScore:
+    id: str
+    psnr: float
+    ssim: float
+    delta_e: float
+    psnr_input: float
+
+
+@dataclass
+class EvalResult:
+    weights: str
+    n: int
+    psnr: float
+    ssim: float
+    delta_e: float
+    psnr_input: float
+    per_image: list[PairScore]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def find_pairs(source: str) -> list[tuple[str, str, str]]:
+    """(id, input, target) from a folder with input/ and target/ subfolders or a CSV with input,target[,id]."""
+    p = Path(source)
+    if p.is_dir():
+        inputs = {f.stem: f for f in sorted((p / "input").glob("*")) if f.suffix.lower() in IMAGE_EXTENSIONS}
+        targets = {f.stem: f for f in sorted((p / "target").glob("*")) if f.suffix.lower() in IMAGE_EXTENSIONS}
+        if not inputs:
+            raise FileNotFoundError(f"{source}: expected images in {p / 'input'} and {p / 'target'}")
+        missing = sorted(set(inputs) - set(targets))
+        if missing:
+            raise FileNotFoundError(f"{source}: no target for {', '.join(missing[:5])}")
+        return [(k, str(inputs[k]), str(targets[k])) for k in sorted(inputs)]
+    if p.is_file():
+        with open(p, newline="") as f:
+            rows = list(csv.DictReader(f))
+        if not rows or not {"input", "target"} <= set(rows[0]):
+            raise ValueError(f"{source}: a pairs manifest needs 'input' and 'target' columns")
+        base = p.resolve().parent
+        return [(r.get("id") or Path(r["input"]).stem, str(base / r["input"]), str(base / r["target"])) for r in rows]
+    raise FileNotFoundError(f"{source}: no such folder or pairs manifest")
+
+
+def load_float(path: str) -> np.ndarray:
+    """(H, W, 3) float32 in [0, 1] at the file's own precision (8-bit files are x / 255 exactly)."""
+    from PIL import Image
+    if Path(path).suffix.lower() in (".png", ".jpg", ".jpeg"):
+        with Image.open(path) as im:
+            if im.mode == "RGB":
+                return np.asarray(im, dtype=np.float32) / 255.0
+    return decode(path).pixels.astype(np.float32) / 65535.0
+
+
+@torch.inference_mode()
+def evaluate(pairs: list[tuple[str, str, str]], weights: str | None = None, model=None) -> EvalResult:
+    """The full image through the exact network, output clamped to [0, 1], no 8-bit rounding (as the reference)."""
+    if model is None:
+        loaded = load_checkpoint(weights)
+        model, name = loaded.model, loaded.weights_path
+    else:
+        name = weights or "(in memory)"
+    scores = []
+    for image_id, inp, tgt in pairs:
+        a, b = load_float(inp), load_float(tgt)
+        if a.shape != b.shape:
+            raise ValueError(f"{inp}: size {a.shape[:2]} differs from its target {b.shape[:2]}")
+        out, _ = model(torch.from_numpy(a).permute(2, 0, 1)[None])
+        o = out[0].permute(1, 2, 0).numpy()
+        scores.append(PairScore(image_id, psnr(o, b), ssim(o, b), delta_e76(o, b), psnr(a, b)))
+    mean = lambda k: float(np.mean([getattr(s, k) for s in scores]))  # noqa: E731
+    return EvalResult(name, len(scores), mean("psnr"), mean("ssim"), mean("delta_e"), mean("psnr_input"), scores)

@@ -1,0 +1,347 @@
+"""Decoding RAW / TIFF / JPEG / PNG to 16-bit RGB in the model's rendition, and writing outputs atomically.
+
+Everything decodes to an (H, W, 3) uint16 array in the working space (sRGB-encoded), orientation applied.
+Errors are ``DecodeError`` with a one-line cause; callers add the file name.
+"""
+from __future__ import annotations
+
+import io
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+RAW_EXTENSIONS = frozenset(
+    ".3fr .ari .arw .bay .braw .cap .cr2 .cr3 .crw .cs1 .dcr .dcs .dng .drf .eip .erf .fff .gpr .iiq .k25 .kdc "
+    ".mdc .mef .mos .mrw .nef .nrw .orf .pef .ptx .pxn .r3d .raf .raw .rw2 .rwl .rwz .sr2 .srf .srw .x3f".split())
+TIFF_EXTENSIONS = frozenset({".tif", ".tiff"})
+PILLOW_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png"})
+IMAGE_EXTENSIONS = RAW_EXTENSIONS | TIFF_EXTENSIONS | PILLOW_EXTENSIONS
+DEFAULT_MAX_PIXELS = 250_000_000
+
+OUTPUT_FORMATS = {"tiff16": ".tif", "jpeg": ".jpg", "png": ".png"}
+
+
+class DecodeError(Exception):
+    """A source that cannot be turned into an RGB image; the message is the cause, in one line."""
+
+
+@dataclass
+class Decoded:
+    pixels: np.ndarray  # (H, W, 3) uint16, sRGB-encoded, oriented
+    exif: bytes | None = None  # raw EXIF block to carry into JPEG outputs
+
+
+def srgb_icc_profile() -> bytes:
+    """LittleCMS's sRGB profile with a fixed creation date, so equal pixels always give equal output bytes."""
+    import struct
+    from PIL import ImageCms
+    icc = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+    icc[24:36] = struct.pack(">6H", 2000, 1, 1, 0, 0, 0)  # header dateTimeNumber
+    icc[84:100] = bytes(16)  # profile ID (an MD5 that covers the date): zero means "not computed"
+    return bytes(icc)
+
+
+def sniff(path: str) -> str:
+    """'jpeg', 'png', 'tiff' (TIFF-structured, including DNG/NEF/CR2) or 'other' from the first bytes."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if not head:
+        raise DecodeError("empty file (0 bytes)")
+    if head[:3] == b"\xff\xd8\xff":
+        return "jpeg"
+    if head[:8] == b"\x89PNG\r\n\x1a\n":
+        return "png"
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return "tiff"
+    return "other"
+
+
+MAX_ASPECT_RATIO = 50  # beyond this the strength predictors' 256-high view would be absurdly wide
+
+
+def check_pixels(width: int, height: int, max_pixels: int) -> None:
+    if width < 1 or height < 1:
+        raise DecodeError(f"image has no pixels ({width}x{height})")
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise DecodeError(f"extreme aspect ratio {width}x{height} (more than {MAX_ASPECT_RATIO}:1) is not supported")
+    if width * height > max_pixels:
+        raise DecodeError(f"{width}x{height} = {width * height / 1e6:.0f} MP exceeds the pixel limit of "
+                          f"{max_pixels / 1e6:.0f} MP (--max-pixels)")
+
+
+def decode(path: str, max_pixels: int = DEFAULT_MAX_PIXELS, rendition: dict | None = None,
+           half_size: bool = False) -> Decoded:
+    ext = Path(path).suffix.lower()
+    kind = sniff(path)
+    if kind in ("jpeg", "png"):
+        return _decode_pillow(path, max_pixels)
+    if ext in TIFF_EXTENSIONS:
+        if kind != "tiff":
+            raise DecodeError("not a TIFF file (the content does not start with a TIFF header)")
+        return _decode_tiff(path, max_pixels)
+    if ext in RAW_EXTENSIONS or kind == "tiff":
+        return _decode_raw(path, max_pixels, rendition or {}, half_size)
+    raise DecodeError(f"unsupported file type {ext or '(no extension)'}")
+
+
+def _decode_raw(path: str, max_pixels: int, rendition: dict, half_size: bool) -> Decoded:
+    import rawpy
+
+    space = rendition.get("space", "srgb")
+    colour = {"srgb": rawpy.ColorSpace.sRGB, "prophoto": rawpy.ColorSpace.ProPhoto,
+              "adobe": rawpy.ColorSpace.Adobe}.get(space)
+    if colour is None:
+        raise DecodeError(f"the model expects rendition space {space!r}, which RAW decoding does not offer")
+    gamma = (1.0, 1.0) if rendition.get("curve") == "linear" else (2.4, 12.92)  # LibRaw's form of the sRGB curve
+    try:
+        with rawpy.imread(path) as raw:
+            s = raw.sizes
+            check_pixels(s.width, s.height, max_pixels)
+            rgb = raw.postprocess(use_camera_wb=rendition.get("white_balance", "camera") == "camera",
+                                  no_auto_bright=not rendition.get("auto_bright", False), output_bps=16,
+                                  output_color=colour, gamma=gamma, half_size=half_size)
+    except DecodeError:
+        raise
+    except rawpy.LibRawFileUnsupportedError:
+        raise DecodeError("not a RAW format LibRaw supports (unsupported camera or not a RAW file)") from None
+    except rawpy.LibRawIOError:
+        raise DecodeError("RAW file is truncated or unreadable (LibRaw I/O error)") from None
+    except rawpy.LibRawTooBigError:
+        raise DecodeError("RAW image too big for LibRaw") from None
+    except rawpy.LibRawDataError:
+        raise DecodeError("corrupt RAW data (LibRaw data error)") from None
+    except rawpy.LibRawError as e:
+        raise DecodeError(f"RAW decoding failed ({type(e).__name__}: {e})") from None
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise DecodeError(f"RAW decoded to an unexpected shape {rgb.shape}")
+    if not rgb.any():
+        raise DecodeError("RAW decoded to an all-black image (no image data in the file)")
+    return Decoded(np.ascontiguousarray(rgb))
+
+
+def _to_uint16_rgb(a: np.ndarray, photometric: str | None = None) -> np.ndarray:
+    """Any supported sample layout -> (H, W, 3) uint16; alpha dropped, grayscale replicated."""
+    if a.ndim == 2:
+        a = a[:, :, None]
+    if a.ndim != 3:
+        raise DecodeError(f"unsupported image layout with shape {a.shape}")
+    channels = a.shape[2]
+    if channels in (2, 4) and photometric != "separated":
+        a = a[:, :, : channels - 1]  # drop alpha
+    elif channels > 4 or channels == 4:
+        raise DecodeError(f"{channels}-channel ({photometric or 'unknown'}) images are not supported (CMYK?)")
+    if a.dtype == np.uint16:
+        out = a
+    elif a.dtype == np.uint8:
+        out = a.astype(np.uint16) * 257
+    elif a.dtype == bool:
+        out = a.astype(np.uint16) * 65535
+    elif a.dtype.kind == "f":
+        f = np.nan_to_num(a.astype(np.float32), nan=0.0, posinf=1.0, neginf=0.0)
+        out = np.round(np.clip(f, 0.0, 1.0) * 65535.0).astype(np.uint16)
+    elif a.dtype in (np.uint32, np.int32, np.int16, np.int8):
+        info = np.iinfo(a.dtype)
+        f = (a.astype(np.float64) - max(info.min, 0)) / (info.max - max(info.min, 0))
+        out = np.round(np.clip(f, 0, 1) * 65535).astype(np.uint16)
+    else:
+        raise DecodeError(f"unsupported sample type {a.dtype}")
+    if out.shape[2] == 1:
+        out = np.repeat(out, 3, axis=2)
+    return np.ascontiguousarray(out)
+
+
+_TIFF_ORIENT = {  # TIFF/EXIF orientation -> (transpose, flip vertical, flip horizontal) after transpose
+    1: (False, False, False), 2: (False, False, True), 3: (False, True, True), 4: (False, True, False),
+    5: (True, False, False), 6: (True, False, True), 7: (True, True, True), 8: (True, True, False),
+}
+
+
+def apply_orientation(a: np.ndarray, orientation: int) -> np.ndarray:
+    transpose, flip_v, flip_h = _TIFF_ORIENT.get(int(orientation or 1), (False, False, False))
+    if transpose:
+        a = a.transpose(1, 0, 2)
+    if flip_v:
+        a = a[::-1]
+    if flip_h:
+        a = a[:, ::-1]
+    return np.ascontiguousarray(a)
+
+
+def _decode_tiff(path: str, max_pixels: int) -> Decoded:
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            if not tif.pages:
+                raise DecodeError("TIFF has no pages")
+            page = tif.pages[0]
+            check_pixels(int(page.imagewidth), int(page.imagelength), max_pixels)
+            photometric = page.photometric.name.lower() if page.photometric is not None else None
+            if photometric in ("separated", "cielab", "icclab", "itulab", "ycbcr") and page.compression.name != "JPEG":
+                name = "CMYK" if photometric == "separated" else photometric.upper()
+                raise DecodeError(f"{name} TIFF is not supported (convert it to RGB)")
+            a = page.asarray()
+            if photometric == "palette" and page.colormap is not None:
+                a = np.moveaxis(page.colormap, 0, -1)[a]
+            elif photometric == "miniswhite":
+                a = np.iinfo(a.dtype).max - a if a.dtype.kind == "u" else 1.0 - a
+            orientation = page.tags.get(274)
+            icc = page.tags.get(34675)
+            px = _to_uint16_rgb(a, photometric)
+    except DecodeError:
+        raise
+    except MemoryError:
+        raise DecodeError("not enough memory to decode this TIFF") from None
+    except Exception as e:
+        raise DecodeError(f"corrupt or unreadable TIFF ({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
+    if icc is not None:
+        px = _icc_to_srgb_16(px, bytes(icc.value))
+    if orientation is not None:
+        px = apply_orientation(px, orientation.value)
+    return Decoded(px)
+
+
+def _icc_to_srgb_16(px: np.ndarray, icc: bytes) -> np.ndarray:
+    """Convert 16-bit pixels tagged with a non-sRGB ICC profile to sRGB.
+
+    LittleCMS through Pillow works on 8-bit RGB, so the transform is sampled on a 3D grid of 8-bit colours and
+    applied to the 16-bit pixels by trilinear interpolation, which keeps 16-bit smoothness.
+    """
+    from PIL import Image, ImageCms
+
+    try:
+        src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+    except Exception:
+        raise DecodeError("embedded ICC profile is unreadable") from None
+    desc = (ImageCms.getProfileDescription(src) or "").lower()
+    if "srgb" in desc or "iec61966" in desc:
+        return px
+    if src.profile.xcolor_space.strip().upper() != "RGB":
+        raise DecodeError(f"embedded ICC profile is for {src.profile.xcolor_space.strip()}, not RGB")
+    from .lut import apply_lut_u16
+    n = 33
+    levels = np.round(np.linspace(0, 255, n)).astype(np.uint8)
+    r, g, b = np.meshgrid(levels, levels, levels, indexing="ij")
+    grid = np.stack([r, g, b], -1).reshape(n * n, n, 3)
+    dst = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+    out = ImageCms.profileToProfile(Image.fromarray(grid, "RGB"), src, dst, outputMode="RGB")
+    lut = np.asarray(out, dtype=np.float32).reshape(n, n, n, 3) / 255.0
+    return apply_lut_u16(px, lut)
+
+
+def _decode_pillow(path: str, max_pixels: int) -> Decoded:
+    from PIL import Image, ImageCms, ImageOps
+
+    Image.MAX_IMAGE_PIXELS = None  # our own limit below, checked before any pixel is decoded
+    try:
+        with Image.open(path) as im:
+            check_pixels(im.width, im.height, max_pixels)
+            exif = im.info.get("exif")
+            icc = im.info.get("icc_profile")
+            im = ImageOps.exif_transpose(im)
+            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+                a = np.asarray(im).astype(np.uint16) if im.mode != "I" else np.clip(np.asarray(im), 0, 65535).astype(np.uint16)
+                return Decoded(np.ascontiguousarray(np.repeat(a[:, :, None], 3, axis=2)), exif)
+            if im.mode == "CMYK":
+                raise DecodeError("CMYK JPEG is not supported (convert to RGB)")
+            if im.mode not in ("RGB",):
+                im = im.convert("RGBA" if "A" in im.mode or "transparency" in im.info else "RGB").convert("RGB")
+            if icc:
+                try:
+                    src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+                    desc = (ImageCms.getProfileDescription(src) or "").lower()
+                    if "srgb" not in desc:
+                        dst = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+                        im = ImageCms.profileToProfile(im, src, dst, outputMode="RGB")
+                except ImageCms.PyCMSError:
+                    pass  # an unusable profile: take the pixels as sRGB, like untagged files
+            a = np.asarray(im, dtype=np.uint8)
+    except DecodeError:
+        raise
+    except Exception as e:
+        raise DecodeError(f"corrupt or unreadable image ({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
+    return Decoded(a.astype(np.uint16) * 257, exif)
+
+
+# ---------------------------------------------------------------------------------------------------- writing
+
+def encode(pixels: np.ndarray, fmt: str, *, jpeg_quality: int = 95, exif: bytes | None = None,
+           tiff_compression: str | None = None) -> bytes:
+    """(H, W, 3) uint16 -> file bytes in ``fmt`` with an sRGB ICC profile."""
+    icc = _SRGB_ICC()
+    if fmt == "tiff16":
+        import tifffile
+        buf = io.BytesIO()
+        kw = {}
+        if tiff_compression and tiff_compression != "none":
+            kw = {"compression": tiff_compression, "predictor": tiff_compression in ("zlib", "lzw", "zstd")}
+            kw["compressionargs"] = {}
+        tifffile.imwrite(buf, pixels, photometric="rgb", iccprofile=icc, metadata=None, **kw)
+        return buf.getvalue()
+    from PIL import Image
+    eight = to_uint8(pixels)
+    buf = io.BytesIO()
+    if fmt == "jpeg":
+        kw = {"quality": jpeg_quality, "subsampling": 0, "icc_profile": icc}
+        if exif:
+            kw["exif"] = _exif_without_orientation(exif)
+        Image.fromarray(eight, "RGB").save(buf, "JPEG", **kw)
+    elif fmt == "png":
+        Image.fromarray(eight, "RGB").save(buf, "PNG", icc_profile=icc, compress_level=6)
+    else:
+        raise ValueError(f"unknown output format {fmt!r}; choose from {', '.join(OUTPUT_FORMATS)}")
+    return buf.getvalue()
+
+
+def to_uint8(pixels: np.ndarray) -> np.ndarray:
+    """16 -> 8 bit with rounding (x * 255 / 65535), only at the very end of the pipeline."""
+    return ((pixels.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+
+
+def _exif_without_orientation(exif: bytes) -> bytes:
+    """The pixels are already upright, so the copied EXIF must say orientation 1."""
+    from PIL import Image
+    try:
+        e = Image.Exif()
+        e.load(exif)
+        e[0x0112] = 1
+        return e.tobytes()
+    except Exception:
+        return b""
+
+
+_icc_cache: list[bytes] = []
+
+
+def _SRGB_ICC() -> bytes:
+    if not _icc_cache:
+        _icc_cache.append(srgb_icc_profile())
+    return _icc_cache[0]
+
+
+TEMP_PREFIX = ".retouch-tmp-"
+
+
+def write_atomic(path: str, data: bytes, mode: int | None = None) -> None:
+    """Write to a temporary file beside ``path``, fsync, then rename: a reader never sees half a file."""
+    d = os.path.dirname(path) or "."
+    os.makedirs(d, exist_ok=True)
+    tmp = os.path.join(d, f"{TEMP_PREFIX}{uuid.uuid4().hex}-{os.path.basename(path)}")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666 if mode is None else mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise

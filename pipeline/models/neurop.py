@@ -1,0 +1,117 @@
+"""NeurOp: neural colour operators with strengths predicted from a thumbnail (Wang et al., ECCV 2022).
+
+Parameter names and shapes match the authors' checkpoints, so their files load with ``load_state_dict``.
+28,108 parameters: 3 operators x 4,611, a shared image encoder of 13,984 and 3 heads of 97.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import register
+
+OPERATORS = ("bc", "ex", "vb")  # black clipping -> exposure -> vibrance: the order they are applied in
+OPERATOR_LABELS = {"bc": "black clipping", "ex": "exposure", "vb": "vibrance"}
+PREDICTOR_HEIGHT = 256
+
+
+class NeuralOperator(nn.Module):
+    """R(p, v) = D(E(p) + v): a per-pixel colour map whose latent code is shifted by the strength v."""
+
+    def __init__(self, channels: int = 3, features: int = 64):
+        super().__init__()
+        self.encoder = nn.Conv2d(channels, features, 1)
+        self.mid_conv = nn.Conv2d(features, features, 1)
+        self.decoder = nn.Conv2d(features, channels, 1)
+
+    def forward(self, image: torch.Tensor, strength: torch.Tensor) -> torch.Tensor:
+        """image (B, 3, H, W), strength (B,) -> (B, 3, H, W)."""
+        code = self.encoder(image) + strength.reshape(-1, 1, 1, 1)
+        return self.decoder(F.leaky_relu(self.mid_conv(code), 0.01))
+
+    def forward_pixels(self, rgb: torch.Tensor, strength: torch.Tensor | float) -> torch.Tensor:
+        """rgb (N, 3) -> (N, 3) for one scalar strength; the same maths as ``forward`` on a pixel list."""
+        code = F.linear(rgb, self.encoder.weight.flatten(1), self.encoder.bias) + strength
+        code = F.leaky_relu(F.linear(code, self.mid_conv.weight.flatten(1), self.mid_conv.bias), 0.01)
+        return F.linear(code, self.decoder.weight.flatten(1), self.decoder.bias)
+
+
+class ImageEncoder(nn.Module):
+    """Two strided convs, then [std, mean, max] pooled over the image: a 96-D descriptor."""
+
+    def __init__(self, channels: int = 3, features: int = 32):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, features, 7, 2)
+        self.conv2 = nn.Conv2d(features, features, 3, 2)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.conv1(F.pad(image, (1, 1, 1, 1))))
+        x = F.relu(self.conv2(F.pad(x, (1, 1, 1, 1))))
+        std, mean = torch.std_mean(x, dim=(2, 3))
+        return torch.cat([std, mean, x.amax(dim=(2, 3))], dim=1)
+
+
+class StrengthHead(nn.Module):
+    def __init__(self, features: int = 96):
+        super().__init__()
+        self.fc3 = nn.Linear(features, 1)
+
+    def forward(self, descriptor: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.fc3(descriptor)).squeeze(1)
+
+
+def predictor_input(image: torch.Tensor) -> torch.Tensor:
+    """What a strength predictor sees: the image resized to 256 high, bilinear, no antialias (as the reference)."""
+    h, w = image.shape[-2:]
+    return F.interpolate(image, size=(PREDICTOR_HEIGHT, int(PREDICTOR_HEIGHT * w / h)), mode="bilinear",
+                         align_corners=False)
+
+
+@register
+class NeurOp(nn.Module):
+    name = "neurop"
+    version = "1"
+    operators = OPERATORS
+    is_global_colour_function = True
+
+    def __init__(self):
+        super().__init__()
+        self.image_encoder = ImageEncoder()
+        for op in OPERATORS:
+            self.add_module(f"{op}_renderer", NeuralOperator())
+            self.add_module(f"{op}_predictor", StrengthHead())
+
+    def renderer(self, op: str) -> NeuralOperator:
+        return getattr(self, f"{op}_renderer")
+
+    def predictor(self, op: str) -> StrengthHead:
+        return getattr(self, f"{op}_predictor")
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """image (B, 3, H, W) in [0, 1] -> (retouched image clamped to [0, 1], strengths (B, 3)).
+
+        Each predictor sees the current intermediate image, as in the reference.
+        """
+        strengths = []
+        for op in OPERATORS:
+            v = self.predictor(op)(self.image_encoder(predictor_input(image)))
+            strengths.append(v)
+            image = self.renderer(op)(image, v)
+        return image.clamp(0, 1), torch.stack(strengths, dim=1)
+
+    def predict_strengths(self, thumbnail: torch.Tensor) -> torch.Tensor:
+        """thumbnail (B, 3, H, W) -> strengths (B, 3); the operators run only on the thumbnail."""
+        return self.forward(thumbnail)[1]
+
+    def render(self, image: torch.Tensor, strengths: torch.Tensor) -> torch.Tensor:
+        """The exact network with given strengths (B, 3) on (B, 3, H, W); clamped to [0, 1]."""
+        for i, op in enumerate(OPERATORS):
+            image = self.renderer(op)(image, strengths[:, i])
+        return image.clamp(0, 1)
+
+    def render_pixels(self, rgb: torch.Tensor, strengths: torch.Tensor) -> torch.Tensor:
+        """The exact colour function for one image's strengths (3,) on a pixel list (N, 3); clamped to [0, 1]."""
+        for i, op in enumerate(OPERATORS):
+            rgb = self.renderer(op).forward_pixels(rgb, strengths[i])
+        return rgb.clamp(0, 1)

@@ -1,0 +1,80 @@
+"""Predict an image's strengths from a thumbnail and render it at full resolution.
+
+The strengths are predicted on an antialiased thumbnail (long side ``prediction_size``, as the training photos),
+so they do not depend on the resolution of the source. Full-resolution rendering goes through a baked 3D LUT;
+``render_exact`` runs the network on every pixel, in strips, for verification.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .checkpoint import LoadedModel
+from .lut import DEFAULT_LUT_SIZE, apply_lut_u16, bake_lut
+
+EXACT_STRIP_PIXELS = 1 << 18
+
+
+def thumbnail(pixels: np.ndarray, long_side: int) -> torch.Tensor:
+    """(H, W, 3) uint16 -> (1, 3, h, w) float32 in [0, 1] with long side ``long_side`` (box-filtered).
+
+    An image already that small is used as it is (so 512-pixel evaluation photos are seen exactly).
+    A whole-number box average first shrinks big images cheaply; an antialiased resize finishes the job.
+    """
+    h, w = pixels.shape[:2]
+    if max(h, w) <= long_side:
+        return torch.from_numpy(pixels.astype(np.float32) / 65535.0).permute(2, 0, 1).unsqueeze(0)
+    k = max(1, min(max(h, w) // (2 * long_side), min(h, w)))
+    if k > 1:
+        hh, ww = h // k * k, w // k * k
+        rows = []
+        for y in range(0, hh, 64 * k):  # strips bound the float copy
+            strip = pixels[y:min(y + 64 * k, hh), :ww].astype(np.float32)
+            rows.append(strip.reshape(strip.shape[0] // k, k, ww // k, k, 3).mean(axis=(1, 3)))
+        small = np.concatenate(rows, axis=0) / 65535.0
+    else:
+        small = pixels.astype(np.float32) / 65535.0
+    t = torch.from_numpy(np.ascontiguousarray(small)).permute(2, 0, 1).unsqueeze(0)
+    scale = long_side / max(t.shape[-2:])
+    size = (max(1, round(t.shape[-2] * scale)), max(1, round(t.shape[-1] * scale)))
+    return F.interpolate(t, size=size, mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
+
+
+class Retoucher:
+    """A loaded model ready to predict strengths and render images."""
+
+    def __init__(self, loaded: LoadedModel, lut_size: int = DEFAULT_LUT_SIZE, device: str = "cpu"):
+        self.loaded = loaded
+        self.model = loaded.model.to(device)
+        self.info = loaded.info
+        self.lut_size = lut_size
+        self.device = device
+
+    @property
+    def operators(self) -> tuple[str, ...]:
+        return tuple(self.info.operators)
+
+    @torch.inference_mode()
+    def predict(self, pixels: np.ndarray) -> np.ndarray:
+        thumb = thumbnail(pixels, self.info.prediction_size).to(self.device)
+        return self.model.predict_strengths(thumb)[0].float().cpu().numpy()
+
+    def lut(self, strengths) -> np.ndarray:
+        return bake_lut(self.model, strengths, self.lut_size)
+
+    def render(self, pixels: np.ndarray, strengths, out: np.ndarray | None = None) -> np.ndarray:
+        """Full-resolution render through the LUT: uint16 in, uint16 out."""
+        return apply_lut_u16(pixels, self.lut(strengths), out)
+
+    @torch.inference_mode()
+    def render_exact(self, pixels: np.ndarray, strengths) -> np.ndarray:
+        """The network on every pixel (float32 result in [0, 1]); strips keep memory bounded."""
+        s = torch.as_tensor(np.asarray(strengths, dtype=np.float32), device=self.device)
+        flat = pixels.reshape(-1, 3)
+        out = np.empty(flat.shape, dtype=np.float32)
+        scale = 65535.0 if pixels.dtype == np.uint16 else 1.0
+        for i in range(0, flat.shape[0], EXACT_STRIP_PIXELS):
+            chunk = torch.from_numpy(flat[i:i + EXACT_STRIP_PIXELS].astype(np.float32) / scale).to(self.device)
+            out[i:i + EXACT_STRIP_PIXELS] = self.model.render_pixels(chunk, s).cpu().numpy()
+        return out.reshape(pixels.shape)

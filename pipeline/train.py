@@ -1,0 +1,258 @@
+"""Training: operator initialization, then joint training (L1 + 0.1 (TV + colour)), as the NeurOp paper.
+
+Deterministic for a seed; writes checkpoints with metadata, a loss CSV and plot, and resumes from its last
+checkpoint. Runs on CPU (small budgets) and on CUDA when present.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .checkpoint import ModelInfo, load_checkpoint, load_operator_init, save_checkpoint
+from .evaluate import find_pairs, load_float
+from .models.neurop import OPERATORS, NeurOp
+from .operators import STANDARD
+
+TRAINABLE = ("all", "predictors", "heads", "operators")
+
+
+@dataclass
+class TrainConfig:
+    pairs: list[str]
+    out: str
+    init: str | None = None  # weights to start from (own or official); None: operator initialization first
+    init_operators: str | None = None  # official init_renderer.pth as the operators' starting point
+    iters: int = 1000
+    lr: float = 5e-5
+    trainable: str = "all"
+    val: int = 0  # pairs held out for validation (the last ones after a seeded shuffle)
+    val_ids: list[str] = field(default_factory=list)
+    seed: int = 0
+    eval_every: int = 100
+    init_iters: int = 2000  # operator-initialization iterations per operator (when no init is given)
+    device: str = "cpu"
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def augment(a: torch.Tensor, b: torch.Tensor, rng: random.Random) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random crop (1-20 px jitter per side, as the reference), flips and rot90; same for input and target."""
+    h, w = a.shape[-2:]
+    top, left = rng.randint(1, 20), rng.randint(1, 20)
+    bottom, right = rng.randint(1, 20), rng.randint(1, 20)
+    if h - top - bottom > 32 and w - left - right > 32:
+        a = a[..., top:h - bottom, left:w - right]
+        b = b[..., top:h - bottom, left:w - right]
+    if rng.random() < 0.5:
+        a, b = a.flip(-1), b.flip(-1)
+    if rng.random() < 0.5:
+        a, b = a.flip(-2), b.flip(-2)
+    k = rng.randint(0, 3)
+    return torch.rot90(a, k, (-2, -1)), torch.rot90(b, k, (-2, -1))
+
+
+def tv_loss(x: torch.Tensor) -> torch.Tensor:
+    return ((x[..., 1:, :] - x[..., :-1, :]) ** 2).mean() + ((x[..., :, 1:] - x[..., :, :-1]) ** 2).mean()
+
+
+def colour_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return 1 - F.cosine_similarity(x, y, dim=1, eps=1e-6).mean()
+
+
+def joint_loss(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return F.l1_loss(out, target) + 0.1 * (tv_loss(out) + colour_loss(out, target))
+
+
+def select_trainable(model: NeurOp, which: str) -> list[torch.nn.Parameter]:
+    if which not in TRAINABLE:
+        raise ValueError(f"--trainable must be one of {', '.join(TRAINABLE)}")
+    for name, p in model.named_parameters():
+        p.requires_grad = (which == "all" or (which == "heads" and "_predictor" in name)
+                           or (which == "predictors" and ("_predictor" in name or "image_encoder" in name))
+                           or (which == "operators" and "_renderer" in name))
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def initialize_operators(model: NeurOp, photos: list[np.ndarray], iters: int, rng: random.Random,
+                         log=print) -> None:
+    """Each operator learns its standard operator: L1(R(A, 0), A) + L1(R(A, v), B), A/B = the photo at two levels."""
+    for op in OPERATORS:
+        fn, (lo, hi) = STANDARD[op]
+        renderer = model.renderer(op)
+        opt = torch.optim.Adam(renderer.parameters(), lr=1e-3, betas=(0.9, 0.99))
+        for it in range(iters):
+            img = torch.from_numpy(photos[rng.randrange(len(photos))]).permute(2, 0, 1)[None]
+            img = img[..., ::4, ::4]
+            a, b = rng.uniform(lo, hi), rng.uniform(lo, hi)
+            A, B = fn(img, a).clamp(0, 1), fn(img, b).clamp(0, 1)
+            v = torch.tensor([(b - a) / (hi - lo)], dtype=torch.float32)
+            loss = F.l1_loss(renderer(A, torch.zeros(1)), A) + F.l1_loss(renderer(A, v), B)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if (it + 1) % max(1, iters // 4) == 0:
+                log(f"init {op}: {it + 1}/{iters} loss {loss.item():.4f}")
+
+
+def load_pairs(sources: list[str]) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    out = []
+    for s in sources:
+        for image_id, a, b in find_pairs(s):
+            out.append((image_id, load_float(a), load_float(b)))
+    if not out:
+        raise ValueError("no training pairs found")
+    return out
+
+
+def split(pairs, cfg: TrainConfig):
+    ids = sorted(p[0] for p in pairs)
+    if cfg.val_ids:
+        val = set(cfg.val_ids)
+    else:
+        random.Random(cfg.seed).shuffle(ids)
+        val = set(ids[len(ids) - cfg.val:]) if cfg.val else set()
+    return [p for p in pairs if p[0] not in val], [p for p in pairs if p[0] in val]
+
+
+def train(cfg: TrainConfig, log=print) -> dict:
+    set_seed(cfg.seed)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    pairs = load_pairs(cfg.pairs)
+    train_pairs, val_pairs = split(pairs, cfg)
+    if not train_pairs:
+        raise ValueError("every pair is held out for validation; lower --val")
+    rng = random.Random(cfg.seed)
+    last = out / "last.pt"
+    start_it = 0
+    if last.is_file():  # resume
+        blob = torch.load(last, map_location="cpu", weights_only=True)
+        model = load_checkpoint(last).model.train()
+        model.requires_grad_(True)
+        start_it = int(blob["extra"]["iteration"])
+        rng.setstate(_rng_state(blob["extra"]["rng"]))
+        torch.set_rng_state(blob["extra"]["torch_rng"])
+        log(f"resuming from {last} at iteration {start_it}")
+    elif cfg.init:
+        model = load_checkpoint(cfg.init).model.train()
+        model.requires_grad_(True)
+    else:
+        model = NeurOp()
+        if cfg.init_operators:
+            model.load_state_dict(load_operator_init(cfg.init_operators), strict=False)
+        else:
+            initialize_operators(model, [p[1] for p in train_pairs], cfg.init_iters, rng, log)
+    model.to(cfg.device)
+    params = select_trainable(model, cfg.trainable)
+    opt = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.99))
+    if last.is_file() and "optimizer" in blob["extra"]:
+        opt.load_state_dict(blob["extra"]["optimizer"])
+    curve_path = out / "loss.csv"
+    if start_it == 0:
+        curve_path.write_text("iteration,train_loss,val_psnr,val_ssim,val_delta_e,seconds\n")
+    info = ModelInfo(model="neurop", model_version="1", operators=OPERATORS, training=_recipe(cfg),
+                     source=f"retouch-batch train from {os.path.basename(cfg.init) if cfg.init else 'scratch'}")
+    best = -math.inf
+    if (out / "best.json").is_file():
+        best = json.loads((out / "best.json").read_text())["val_psnr"]
+    running, t0 = [], time.monotonic()
+    for it in range(start_it, cfg.iters):
+        _, a, b = train_pairs[rng.randrange(len(train_pairs))]
+        x, y = augment(torch.from_numpy(a).permute(2, 0, 1)[None], torch.from_numpy(b).permute(2, 0, 1)[None], rng)
+        pred, _ = model(x.to(cfg.device))
+        loss = joint_loss(pred, y.to(cfg.device))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        running.append(loss.item())
+        if (it + 1) % cfg.eval_every == 0 or it + 1 == cfg.iters:
+            model.eval()
+            val = _val_scores(model, val_pairs)
+            model.train()
+            with open(curve_path, "a") as f:
+                f.write(f"{it + 1},{np.mean(running):.6f},{val[0]:.4f},{val[1]:.5f},{val[2]:.4f},"
+                        f"{time.monotonic() - t0:.1f}\n")
+            log(f"iter {it + 1}/{cfg.iters}: loss {np.mean(running):.4f}"
+                + (f", val PSNR {val[0]:.2f} SSIM {val[1]:.4f} dE {val[2]:.2f}" if val_pairs else ""))
+            running = []
+            extra = {"iteration": it + 1, "optimizer": opt.state_dict(), "rng": _rng_blob(rng),
+                     "torch_rng": torch.get_rng_state()}
+            save_checkpoint(last, model, info, extra)
+            if not val_pairs or val[0] > best:
+                best = val[0] if val_pairs else -math.inf
+                save_checkpoint(out / "best.pt", model, info)
+                (out / "best.json").write_text(json.dumps({"iteration": it + 1, "val_psnr": val[0],
+                                                           "val_ssim": val[1], "val_delta_e": val[2]}))
+    plot_curve(curve_path, out / "loss.png")
+    return json.loads((out / "best.json").read_text()) if (out / "best.json").is_file() else {}
+
+
+def _val_scores(model, val_pairs) -> tuple[float, float, float]:
+    if not val_pairs:
+        return (float("nan"),) * 3
+    from .metrics import delta_e76, psnr, ssim
+    s = []
+    with torch.inference_mode():
+        for _, a, b in val_pairs:
+            o = model(torch.from_numpy(a).permute(2, 0, 1)[None].to(next(model.parameters()).device))[0]
+            o = o[0].permute(1, 2, 0).cpu().numpy()
+            s.append((psnr(o, b), ssim(o, b), delta_e76(o, b)))
+    return tuple(float(np.mean([x[i] for x in s])) for i in range(3))
+
+
+def _recipe(cfg: TrainConfig) -> dict:
+    d = asdict(cfg)
+    d["pairs"] = [os.path.basename(os.path.normpath(p)) for p in cfg.pairs]
+    d["init"] = os.path.basename(cfg.init) if cfg.init else None
+    d.pop("out")
+    d.pop("device")
+    return d
+
+
+def _rng_blob(rng: random.Random) -> dict:
+    version, state, gauss = rng.getstate()
+    return {"version": version, "state": torch.tensor(state, dtype=torch.int64), "gauss": gauss}
+
+
+def _rng_state(blob: dict):
+    return (blob["version"], tuple(int(x) for x in blob["state"].tolist()), blob["gauss"])
+
+
+def plot_curve(csv_path: Path, png_path: Path) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    with open(csv_path) as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return
+    it = [int(r["iteration"]) for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(it, [float(r["train_loss"]) for r in rows], label="train loss")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss")
+    vals = [float(r["val_psnr"]) for r in rows]
+    if not all(math.isnan(v) for v in vals):
+        ax2 = ax.twinx()
+        ax2.plot(it, vals, color="tab:orange", label="val PSNR")
+        ax2.set_ylabel("val PSNR (dB)")
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,52 @@
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("RETOUCH_SHARED", ROOT.parent / "shared"))
+OFFICIAL = SHARED / "weights" / "neurop-official"
+
+
+def need_shared(*parts: str) -> Path:
+    p = SHARED.joinpath(*parts)
+    if not p.exists():
+        pytest.skip(f"needs {p} (the shared data folder beside the project root); it is absent here")
+    return p
+
+
+@pytest.fixture(scope="session")
+def lite_weights() -> Path:
+    return need_shared("weights", "neurop-official", "neurop_fivek_lite.pth")
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One embedded Ray for the whole session (2 CPUs), as the job itself would start."""
+    import ray
+    from jobs.cluster import connect
+    connect(None)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture
+def photo16(tmp_path) -> Path:
+    """A real photo as a 16-bit TIFF."""
+    import tifffile
+    from PIL import Image
+    src = need_shared("data", "photos", "Storm.jpg")
+    a = np.asarray(Image.open(src).convert("RGB").resize((480, 320)), dtype=np.uint16) * 257
+    p = tmp_path / "storm16.tif"
+    tifffile.imwrite(p, a, photometric="rgb")
+    return p
+
+
+def synthetic_photo(h: int = 96, w: int = 128, seed: int = 0) -> np.ndarray:
+    """A smooth colourful (H, W, 3) uint16 image, for tests that need no shared data."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w] / max(h, w)
+    base = np.stack([x, y, 1 - x * y], -1) * 0.8 + 0.1
+    noise = rng.normal(0, 0.02, base.shape)
+    return (np.clip(base + noise, 0, 1) * 65535).astype(np.uint16)

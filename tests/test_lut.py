@@ -1,0 +1,72 @@
+"""Full-resolution rendering through a baked 3D LUT against the exact per-pixel network."""
+import numpy as np
+import pytest
+import torch
+
+from pipeline.checkpoint import load_checkpoint
+from pipeline.lut import apply_lut_f32, apply_lut_torch, apply_lut_u16, bake_lut, identity_grid
+from pipeline.metrics import psnr
+from pipeline.render import Retoucher, thumbnail
+
+from conftest import synthetic_photo
+
+
+def identity_lut(n):
+    return identity_grid(n).numpy().reshape(n, n, n, 3)
+
+
+def test_identity_lut_is_lossless_to_one_step():
+    px = synthetic_photo()
+    out = apply_lut_u16(px, identity_lut(17))
+    assert np.abs(out.astype(int) - px.astype(int)).max() <= 1
+
+
+def test_in_place_equals_out_of_place():
+    r = Retoucher(load_checkpoint(None))
+    px = synthetic_photo()
+    lut = r.lut([0.2, -0.3, 0.4])
+    a = apply_lut_u16(px, lut)
+    b = px.copy()
+    apply_lut_u16(b, lut, out=b)
+    assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("size,min_db", [(17, 40.0), (33, 50.0), (65, 58.0)])
+def test_lut_render_matches_exact_network(size, min_db):
+    """Measured here on a real photo with the shipped weights (see BENCHMARKS.md for the table)."""
+    from conftest import need_shared
+    from PIL import Image
+    img = np.asarray(Image.open(need_shared("data", "fivek-pairs", "input", "a1305.png")).convert("RGB"))
+    px = img.astype(np.uint16) * 257
+    r = Retoucher(load_checkpoint(None), lut_size=size)
+    s = r.predict(px)
+    exact = r.render_exact(px, s)
+    via_lut = apply_lut_f32(px.astype(np.float32) / 65535, r.lut(s))
+    db = psnr(via_lut, exact)
+    assert db >= min_db, f"LUT {size}^3: {db:.1f} dB"
+
+
+def test_torch_lut_path_matches_numba_path():
+    lut = bake_lut(load_checkpoint(None).model, [0.3, 0.5, -0.2], 17)
+    px = synthetic_photo().astype(np.float32) / 65535
+    a = apply_lut_f32(px, lut)
+    b = apply_lut_torch(torch.from_numpy(px).permute(2, 0, 1)[None], torch.from_numpy(lut))[0].permute(1, 2, 0)
+    assert np.abs(a - b.numpy()).max() < 1e-5
+
+
+def test_thumbnail_is_resolution_independent_and_exact_when_small():
+    px = synthetic_photo(300, 400)
+    t = thumbnail(px, 512)
+    assert t.shape == (1, 3, 300, 400) and torch.allclose(t[0, 0], torch.from_numpy(px[..., 0] / 65535.0).float())
+    big = np.repeat(np.repeat(px, 4, axis=0), 4, axis=1)  # the same picture at 16x the pixels
+    tb = thumbnail(big, 200)
+    ts = thumbnail(px, 200)
+    assert tb.shape == ts.shape == (1, 3, 150, 200)
+    assert (tb - ts).abs().mean() < 0.01
+
+
+def test_strengths_barely_move_with_resolution():
+    r = Retoucher(load_checkpoint(None))
+    px = synthetic_photo(300, 400, seed=3)
+    big = np.repeat(np.repeat(px, 5, axis=0), 5, axis=1)
+    assert np.abs(r.predict(px) - r.predict(big)).max() < 0.02
