@@ -163,8 +163,15 @@ def bench_size(retoucher: Retoucher, megapixels: float, photo, codecs, reference
         res.reference_peak_mib = round(ref_mem.mib, 1)
         res.speedup_vs_reference = round(res.reference_s / res.model_stage_s, 1)
     os.unlink(path)
-    log(format_row(res))
     return res
+
+
+def _bench_in_child(weights, lut_size, threads, mp, photo, codecs, reference_max_mp, workdir) -> dict:
+    torch.set_num_threads(threads)
+    r = Retoucher(load_checkpoint(weights), lut_size=lut_size)
+    warm = test_image(0.01)
+    apply_lut_u16(warm, r.lut(r.predict(warm)))  # compile and warm up outside the timings
+    return asdict(bench_size(r, mp, photo, codecs, reference_max_mp, workdir, log=lambda *_: None))
 
 
 HEADER = (f"{'MP':>5} {'size':>11} {'decode':>7} {'predict':>8} {'bake':>6} {'apply':>6} {'model':>6} "
@@ -187,18 +194,21 @@ def run_bench(sizes=DEFAULT_SIZES_MP, weights: str | None = None, lut_size: int 
     threads = threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
     loaded = load_checkpoint(weights)
-    r = Retoucher(loaded, lut_size=lut_size)
     photo = None
     if photo_path:
         from PIL import Image
         photo = np.asarray(Image.open(photo_path).convert("RGB"))
     report = BenchReport(machine_info(), loaded.weights_path, lut_size, threads)
-    apply_lut_u16(test_image(0.01), r.lut([0, 0, 0]))  # compile the kernel outside the timings
     log(f"machine: {report.machine}; LUT {lut_size}^3; {threads} threads")
     log(HEADER)
+    import multiprocessing
+    ctx = multiprocessing.get_context("spawn")  # a fresh process per size: peak memory is that size's alone
     with tempfile.TemporaryDirectory(prefix="retouch-bench-") as d:
         for mp in sizes:
-            report.sizes.append(bench_size(r, mp, photo, codecs, reference_max_mp, d, log))
+            with ctx.Pool(1) as pool:
+                res = pool.apply(_bench_in_child, (weights, lut_size, threads, mp, photo, codecs, reference_max_mp, d))
+            report.sizes.append(SizeResult(**res))
+            log(format_row(report.sizes[-1]))
     if json_path:
         with open(json_path, "w") as f:
             json.dump(asdict(report), f, indent=1)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import LoadedModel
-from .lut import DEFAULT_LUT_SIZE, apply_lut_u16, bake_lut
+from .lut import DEFAULT_LUT_SIZE, apply_lut_u16, bake_lut, box_average_u16
 
 EXACT_STRIP_PIXELS = 1 << 18
 
@@ -27,12 +27,8 @@ def thumbnail(pixels: np.ndarray, long_side: int) -> torch.Tensor:
         return torch.from_numpy(pixels.astype(np.float32) / 65535.0).permute(2, 0, 1).unsqueeze(0)
     k = max(1, min(max(h, w) // (2 * long_side), min(h, w)))
     if k > 1:
-        hh, ww = h // k * k, w // k * k
-        rows = []
-        for y in range(0, hh, 64 * k):  # strips bound the float copy
-            strip = pixels[y:min(y + 64 * k, hh), :ww].astype(np.float32)
-            rows.append(strip.reshape(strip.shape[0] // k, k, ww // k, k, 3).mean(axis=(1, 3)))
-        small = np.concatenate(rows, axis=0) / 65535.0
+        small = np.empty((h // k, w // k, 3), np.float32)
+        box_average_u16(pixels, k, small)
     else:
         small = pixels.astype(np.float32) / 65535.0
     t = torch.from_numpy(np.ascontiguousarray(small)).permute(2, 0, 1).unsqueeze(0)
@@ -58,7 +54,7 @@ class Retoucher:
     @torch.inference_mode()
     def predict(self, pixels: np.ndarray) -> np.ndarray:
         thumb = thumbnail(pixels, self.info.prediction_size).to(self.device)
-        return self.model.predict_strengths(thumb)[0].float().cpu().numpy()
+        return self.model.predict_strengths(thumb, self.lut_size)[0].float().cpu().numpy()
 
     def lut(self, strengths) -> np.ndarray:
         return bake_lut(self.model, strengths, self.lut_size)

@@ -50,3 +50,27 @@ def synthetic_photo(h: int = 96, w: int = 128, seed: int = 0) -> np.ndarray:
     base = np.stack([x, y, 1 - x * y], -1) * 0.8 + 0.1
     noise = rng.normal(0, 0.02, base.shape)
     return (np.clip(base + noise, 0, 1) * 65535).astype(np.uint16)
+
+
+@pytest.fixture
+def kill_corpus(tmp_path):
+    """Ten real photos as 1500x1000 16-bit TIFFs and their manifest: enough work to interrupt."""
+    import tifffile
+    from PIL import Image
+    photos = sorted(need_shared("data", "photos").glob("*.jpg"))[:10]
+    src = tmp_path / "in"
+    src.mkdir()
+    for i, f in enumerate(photos):
+        a = np.asarray(Image.open(f).convert("RGB").resize((1500, 1000)), dtype=np.uint16) * 257
+        tifffile.imwrite(src / f"p{i:02d}.tif", a, photometric="rgb")
+    _write_manifest(tmp_path / "m.csv", [f"in/p{i:02d}.tif" for i in range(len(photos))])
+    return tmp_path, len(photos)
+
+
+def _write_manifest(path, rows):
+    import csv
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path"])
+        for r in rows:
+            w.writerow([r])

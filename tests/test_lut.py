@@ -70,3 +70,17 @@ def test_strengths_barely_move_with_resolution():
     px = synthetic_photo(300, 400, seed=3)
     big = np.repeat(np.repeat(px, 5, axis=0), 5, axis=1)
     assert np.abs(r.predict(px) - r.predict(big)).max() < 0.02
+
+
+def test_fast_prediction_through_luts_matches_the_exact_network():
+    """Intermediate thumbnails through one LUT per operator instead of the network on every pixel."""
+    from conftest import need_shared
+    from PIL import Image
+    m = load_checkpoint(None).model
+    worst = 0.0
+    for f in sorted(need_shared("data", "fivek-pairs", "input").glob("*.png"))[:6]:
+        px = np.asarray(Image.open(f).convert("RGB"), dtype=np.uint16) * 257
+        t = thumbnail(px, 512)
+        with torch.inference_mode():
+            worst = max(worst, float((m.predict_strengths(t) - m.predict_strengths(t, 33)).abs().max()))
+    assert worst < 0.005, worst

@@ -101,18 +101,6 @@ def _check_exactly_once(out, n):
     assert not strays, strays
 
 
-@pytest.fixture
-def kill_corpus(tmp_path):
-    photos = sorted(need_shared("data", "photos").glob("*.jpg"))[:10]
-    src = tmp_path / "in"
-    src.mkdir()
-    for i, f in enumerate(photos):
-        a = np.asarray(Image.open(f).convert("RGB").resize((1500, 1000)), dtype=np.uint16) * 257
-        tifffile.imwrite(src / f"p{i:02d}.tif", a, photometric="rgb")
-    write_manifest(tmp_path / "m.csv", [f"in/p{i:02d}.tif" for i in range(len(photos))])
-    return tmp_path, len(photos)
-
-
 def kill_driver_then_resume(work, n, after_outputs, seed):
     out = work / "out"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
