@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import sys
 
 import click
@@ -211,9 +210,12 @@ def eval_(pairs, weights, as_json):
 @click.option("--init-iters", type=click.IntRange(min=0), default=2000, show_default=True,
               help="Operator-initialization iterations per operator (training from scratch).")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--cv", type=click.IntRange(min=2), default=None,
+              help="K-fold cross-validation of this recipe instead of one training (writes cv.json).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @user_errors
-def train(pairs, out, init, init_operators, iters, lr, trainable, val, val_ids, eval_every, init_iters, seed, device):
+def train(pairs, out, init, init_operators, iters, lr, trainable, val, val_ids, eval_every, init_iters, seed, cv,
+          device):
     """Train or fine-tune a model on before/after pairs; writes best.pt, last.pt, loss.csv and loss.png."""
     import torch
     from pipeline.train import TrainConfig, train as run_training
@@ -221,8 +223,16 @@ def train(pairs, out, init, init_operators, iters, lr, trainable, val, val_ids, 
         device = "cuda" if torch.cuda.is_available() else "cpu"
     cfg = TrainConfig(list(pairs), out, init, init_operators, iters, lr, trainable, val,
                       [v for v in val_ids.split(",") if v], seed, eval_every, init_iters, device)
-    best = run_training(cfg, log=click.echo)
-    click.echo(f"done: {out}/best.pt {json.dumps(best)}")
+    if cv:
+        from pipeline.train import cross_validate
+        r = cross_validate(cfg, cv, log=click.echo)
+        i, f = r["initial"], r["final"]
+        click.echo(f"cross-validation, {cv} folds, per-pair means on held-out pairs: PSNR {i['val_psnr']:.2f} -> "
+                   f"{f['val_psnr']:.2f}, SSIM {i['val_ssim']:.4f} -> {f['val_ssim']:.4f}, dE76 "
+                   f"{i['val_delta_e']:.2f} -> {f['val_delta_e']:.2f} ({out}/cv.json)")
+        return
+    result = run_training(cfg, log=click.echo)
+    click.echo(f"done: {out}/best.pt (best {json.dumps(result['best'])}); {out}/last.pt after {cfg.iters} iterations")
 
 
 @main.command()

@@ -12,6 +12,7 @@ from .worker import ImageProcessor, ImageTask, WorkerConfig
 
 IN_FLIGHT_PER_WORKER = 2  # one running, one queued: hides scheduling latency without hoarding images
 DEFAULT_MAX_ATTEMPTS = 3
+START_TIMEOUT_S = 600  # no worker started at all for this long: the cluster cannot place one
 
 
 class JobInterrupted(Exception):
@@ -57,7 +58,7 @@ def execute(tasks: list[ImageTask], config: WorkerConfig, placement, writer: Led
             record: callable = None) -> Outcome:
     """Process every task exactly once into the ledger (``record(row)`` decides whether a row is written)."""
     import ray
-    from ray.exceptions import GetTimeoutError, RayActorError, WorkerCrashedError, ObjectLostError
+    from ray.exceptions import ObjectLostError, RayActorError, WorkerCrashedError
 
     actor_cls = ray.remote(_Worker).options(num_cpus=placement.cpus_per_worker, num_gpus=placement.gpus_per_worker,
                                             max_restarts=0, max_task_retries=0)
@@ -67,8 +68,14 @@ def execute(tasks: list[ImageTask], config: WorkerConfig, placement, writer: Led
     queue = collections.deque(tasks)
     n_workers = max(1, min(placement.workers, len(tasks)))
     actors = [actor_cls.remote(cfg) for _ in range(n_workers)]
+    # work goes only to actors that have started: one that cannot be placed (a lost node, too few CPUs left)
+    # waits without holding images, and the others carry on
+    starting: dict = {a.ready.remote(): i for i, a in enumerate(actors)}
+    ready: set[int] = set()
     in_flight: dict = {}  # object ref -> (actor index, task)
     load: list[int] = [0] * n_workers
+    last_progress = time.monotonic()
+    start_failures = 0
 
     def emit(row: LedgerRow) -> None:
         if record is None or record(row):
@@ -77,7 +84,7 @@ def execute(tasks: list[ImageTask], config: WorkerConfig, placement, writer: Led
         progress.update(row.status)
 
     def dispatch() -> None:
-        for i in range(n_workers):
+        for i in sorted(ready):
             while queue and load[i] < IN_FLIGHT_PER_WORKER:
                 task = queue.popleft()
                 ref = actors[i].process.remote(task)
@@ -89,34 +96,56 @@ def execute(tasks: list[ImageTask], config: WorkerConfig, placement, writer: Led
             ray.kill(actors[i], no_restart=True)
         except Exception:
             pass
+        ready.discard(i)
+        for ref in [r for r, j in starting.items() if j == i]:
+            del starting[ref]
         actors[i] = actor_cls.remote(cfg)
+        starting[actors[i].ready.remote()] = i
         outcome.worker_restarts += 1
 
+    def fail_task(i: int, task: ImageTask, e: Exception) -> None:
+        """The worker died: every image it held is retried elsewhere, a bounded number of times."""
+        dead = [r for r, (j, _) in in_flight.items() if j == i]
+        retry = [task] + [in_flight.pop(r)[1] for r in dead]
+        load[i] = 0
+        replace_actor(i)
+        for t in retry:
+            if t.attempts >= max_attempts:
+                emit(_died_row(t, cfg, e))
+            else:
+                queue.appendleft(replace(t, attempts=t.attempts + 1))
+
     try:
-        dispatch()
-        while in_flight:
-            done, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
+        while in_flight or queue:
+            done, _ = ray.wait(list(in_flight) + list(starting), num_returns=1, timeout=1.0)
             for ref in done:
+                if ref in starting:
+                    i = starting.pop(ref)
+                    try:
+                        ray.get(ref)
+                        ready.add(i)
+                    except (RayActorError, WorkerCrashedError, ObjectLostError) as e:
+                        start_failures += 1
+                        if start_failures > 3 * n_workers:  # not bad luck: workers cannot start at all
+                            raise RuntimeError(f"Ray workers fail to start: {_first_line(e)}") from None
+                        replace_actor(i)
+                    continue
                 i, task = in_flight.pop(ref)
                 load[i] -= 1
+                last_progress = time.monotonic()
                 try:
                     row = ray.get(ref)
                 except (RayActorError, WorkerCrashedError, ObjectLostError) as e:
-                    # the worker died (killed, out of memory, node lost): every image it held is retried elsewhere
-                    dead_refs = [r for r, (j, _) in in_flight.items() if j == i]
-                    retry = [task] + [in_flight.pop(r)[1] for r in dead_refs]
-                    load[i] = 0
-                    replace_actor(i)
-                    for t in retry:
-                        if t.attempts >= max_attempts:
-                            emit(_died_row(t, cfg, e))
-                        else:
-                            queue.appendleft(replace(t, attempts=t.attempts + 1))
+                    fail_task(i, task, e)
                     continue
                 except Exception as e:  # an error that escaped the per-image guard: still one row
                     row = _died_row(task, cfg, e)
                 emit(row)
             dispatch()
+            if not ready and not in_flight and time.monotonic() - last_progress > START_TIMEOUT_S:
+                raise RuntimeError(f"no Ray worker could start within {START_TIMEOUT_S} s (the cluster has "
+                                   f"{ray.cluster_resources()} but each worker asks for {placement.cpus_per_worker} "
+                                   f"CPU and {placement.gpus_per_worker} GPU)")
     except KeyboardInterrupt:
         writer.flush()
         for a in actors:
@@ -133,6 +162,11 @@ def execute(tasks: list[ImageTask], config: WorkerConfig, placement, writer: Led
             pass
     outcome.seconds = time.monotonic() - start
     return outcome
+
+
+def _first_line(e: Exception) -> str:
+    lines = [line for line in str(e).splitlines() if line.strip()]
+    return lines[-1][:300] if lines else type(e).__name__
 
 
 def _died_row(task: ImageTask, cfg: WorkerConfig, e: Exception) -> LedgerRow:

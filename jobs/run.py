@@ -50,7 +50,7 @@ class JobResult:
 def remove_stale_temporaries(folder: str) -> int:
     """Half-written outputs of a killed job (the lock guarantees no live job owns them)."""
     n = 0
-    for d, dirs, files in os.walk(folder):
+    for d, _, files in os.walk(folder):
         for f in files:
             if f.startswith(TEMP_PREFIX) or (f.startswith(".part-") and f.endswith(".tmp")):
                 try:

@@ -11,7 +11,6 @@ import stat
 import time
 from dataclasses import asdict, dataclass, field
 
-import numpy as np
 
 from pipeline.checkpoint import file_sha256, load_checkpoint
 from pipeline.imageio import DEFAULT_MAX_PIXELS, DecodeError, decode, encode, write_atomic
@@ -112,11 +111,12 @@ class ImageProcessor:
     def process(self, task: ImageTask) -> LedgerRow:
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
+        last = [t0]
 
-        def lap(stage: str, since: list[float] = [t0]) -> None:
+        def lap(stage: str) -> None:
             t = time.perf_counter()
-            timings[stage] = round(t - since[0], 4)
-            since[0] = t
+            timings[stage] = round(t - last[0], 4)
+            last[0] = t
 
         src = task.source
         try:
@@ -147,7 +147,8 @@ class ImageProcessor:
             apply_lut_u16(pixels, lut, out=pixels)  # in place: no second full-resolution buffer
             lap("apply")
             data = encode(pixels, s.output_format, jpeg_quality=s.jpeg_quality,
-                          exif=None if s.strip_metadata else decoded.exif, tiff_compression=s.tiff_compression)
+                          exif=None if s.strip_metadata else decoded.exif, tiff_compression=s.tiff_compression,
+                          threads=self.config.threads)
             del pixels, decoded
             lap("encode")
             if os.path.realpath(task.output) == os.path.realpath(src):

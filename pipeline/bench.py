@@ -142,7 +142,7 @@ def bench_size(retoucher: Retoucher, megapixels: float, photo, codecs, reference
             apply_s = time.perf_counter() - t
         enc, size = {}, {}
         for c in codecs:
-            enc[c], data = _timed(lambda: encode(px, "tiff16", tiff_compression=c))
+            enc[c], data = _timed(lambda c=c: encode(px, "tiff16", tiff_compression=c, threads=torch.get_num_threads()))
             size[c] = round(len(data) / 1e6, 2)
             t = time.perf_counter()
             write_atomic(os.path.join(workdir, "out.tif"), data)

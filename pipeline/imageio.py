@@ -269,16 +269,19 @@ def _decode_pillow(path: str, max_pixels: int) -> Decoded:
 # ---------------------------------------------------------------------------------------------------- writing
 
 def encode(pixels: np.ndarray, fmt: str, *, jpeg_quality: int = 95, exif: bytes | None = None,
-           tiff_compression: str | None = None) -> bytes:
-    """(H, W, 3) uint16 -> file bytes in ``fmt`` with an sRGB ICC profile."""
+           tiff_compression: str | None = None, threads: int = 1) -> bytes:
+    """(H, W, 3) uint16 -> file bytes in ``fmt`` with an sRGB ICC profile.
+
+    Compressed TIFFs are cut into 128-row strips that ``threads`` threads compress in parallel.
+    """
     icc = _SRGB_ICC()
     if fmt == "tiff16":
         import tifffile
         buf = io.BytesIO()
         kw = {}
         if tiff_compression and tiff_compression != "none":
-            kw = {"compression": tiff_compression, "predictor": tiff_compression in ("zlib", "lzw", "zstd")}
-            kw["compressionargs"] = {}
+            kw = {"compression": tiff_compression, "predictor": True, "rowsperstrip": 128,
+                  "maxworkers": max(1, threads)}
         tifffile.imwrite(buf, pixels, photometric="rgb", iccprofile=icc, metadata=None, **kw)
         return buf.getvalue()
     from PIL import Image

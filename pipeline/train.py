@@ -11,7 +11,7 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -164,6 +164,13 @@ def train(cfg: TrainConfig, log=print) -> dict:
     curve_path = out / "loss.csv"
     if start_it == 0:
         curve_path.write_text("iteration,train_loss,val_psnr,val_ssim,val_delta_e,seconds\n")
+        if val_pairs:  # the starting point, for comparison
+            model.eval()
+            v0 = _val_scores(model, val_pairs)
+            model.train()
+            with open(curve_path, "a") as f:
+                f.write(f"0,,{v0[0]:.4f},{v0[1]:.5f},{v0[2]:.4f},0\n")
+            log(f"iter 0: val PSNR {v0[0]:.2f} SSIM {v0[1]:.4f} dE {v0[2]:.2f}")
     info = ModelInfo(model="neurop", model_version="1", operators=OPERATORS, training=_recipe(cfg),
                      source=f"retouch-batch train from {os.path.basename(cfg.init) if cfg.init else 'scratch'}")
     best = -math.inf
@@ -198,7 +205,44 @@ def train(cfg: TrainConfig, log=print) -> dict:
                 (out / "best.json").write_text(json.dumps({"iteration": it + 1, "val_psnr": val[0],
                                                            "val_ssim": val[1], "val_delta_e": val[2]}))
     plot_curve(curve_path, out / "loss.png")
-    return json.loads((out / "best.json").read_text()) if (out / "best.json").is_file() else {}
+    rows = list(csv.DictReader(open(curve_path)))
+    result = {"best": json.loads((out / "best.json").read_text()) if (out / "best.json").is_file() else {},
+              "initial": _curve_scores(rows[0]) if rows and rows[0]["iteration"] == "0" else None,
+              "final": _curve_scores(rows[-1]) if rows else None,
+              "seconds": float(rows[-1]["seconds"]) if rows else None, "iterations": cfg.iters - start_it}
+    (out / "result.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def _curve_scores(row: dict) -> dict:
+    return {"iteration": int(row["iteration"]), "val_psnr": float(row["val_psnr"]), "val_ssim": float(row["val_ssim"]),
+            "val_delta_e": float(row["val_delta_e"])}
+
+
+def cross_validate(cfg: TrainConfig, folds: int, log=print) -> dict:
+    """K-fold cross-validation of a recipe: every pair is held out once; the model after the fixed iteration
+    budget (not the best-on-validation one) is scored, beside the starting weights on the same held-out pairs."""
+    ids = sorted(p[0] for p in load_pairs(cfg.pairs))
+    if not 2 <= folds <= len(ids):
+        raise ValueError(f"--cv must be between 2 and the number of pairs ({len(ids)})")
+    random.Random(cfg.seed).shuffle(ids)
+    results = []
+    for k in range(folds):
+        held = ids[k::folds]
+        fold_cfg = replace(cfg, val=0, val_ids=held, out=str(Path(cfg.out) / f"fold{k}"), eval_every=cfg.iters)
+        log(f"fold {k + 1}/{folds}: holding out {', '.join(held)}")
+        r = train(fold_cfg, log=lambda *_: None)
+        results.append({"fold": k, "held_out": held, "initial": r["initial"], "final": r["final"]})
+        log(f"  held-out PSNR {r['initial']['val_psnr']:.2f} -> {r['final']['val_psnr']:.2f}, "
+            f"SSIM {r['initial']['val_ssim']:.4f} -> {r['final']['val_ssim']:.4f}, "
+            f"dE {r['initial']['val_delta_e']:.2f} -> {r['final']['val_delta_e']:.2f}")
+    def mean(which, key):  # weighted by fold size: a per-pair mean
+        return sum(r[which][key] * len(r["held_out"]) for r in results) / len(ids)
+    summary = {which: {key: round(mean(which, key), 4) for key in ("val_psnr", "val_ssim", "val_delta_e")}
+               for which in ("initial", "final")}
+    summary["folds"] = results
+    (Path(cfg.out) / "cv.json").write_text(json.dumps(summary, indent=1))
+    return summary
 
 
 def _val_scores(model, val_pairs) -> tuple[float, float, float]:
@@ -245,7 +289,8 @@ def plot_curve(csv_path: Path, png_path: Path) -> None:
         return
     it = [int(r["iteration"]) for r in rows]
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(it, [float(r["train_loss"]) for r in rows], label="train loss")
+    trained = [r for r in rows if r["train_loss"]]  # the iteration-0 row only scores the starting weights
+    ax.plot([int(r["iteration"]) for r in trained], [float(r["train_loss"]) for r in trained], label="train loss")
     ax.set_xlabel("iteration")
     ax.set_ylabel("loss")
     vals = [float(r["val_psnr"]) for r in rows]

@@ -27,16 +27,21 @@ def _ray(*args, env=None):
 
 
 @pytest.fixture
-def two_node_cluster(tmp_path):
+def two_node_cluster():
+    import shutil
+    import tempfile
     port = _free_port()
-    env = dict(os.environ, RAY_TMPDIR=str(tmp_path / "ray"))
+    tmp = tempfile.mkdtemp(prefix="rb", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
+    env = dict(os.environ, RAY_TMPDIR=tmp, RAY_AUTH_MODE="disabled")  # a loopback-only test cluster
     head = _ray("start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
-                "--disable-usage-stats", env=env)
+                "--node-ip-address=127.0.0.1", "--disable-usage-stats", env=env)
     assert head.returncode == 0, head.stderr
-    node = _ray("start", f"--address=127.0.0.1:{port}", "--num-cpus=1", "--disable-usage-stats", env=env)
+    node = _ray("start", f"--address=127.0.0.1:{port}", "--num-cpus=1", "--node-ip-address=127.0.0.1",
+                "--disable-usage-stats", env=env)
     assert node.returncode == 0, node.stderr
     yield f"127.0.0.1:{port}", env
     _ray("stop", "--force", env=env)
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def test_job_on_a_two_node_cluster_survives_losing_a_worker_node(two_node_cluster, kill_corpus):
@@ -66,6 +71,8 @@ def test_job_on_a_two_node_cluster_survives_losing_a_worker_node(two_node_cluste
     output = proc.communicate(timeout=600)[0]
     assert killed, "no second raylet found"
     assert proc.returncode == 0, output
+    print(output)
+    assert "died and were replaced" in output
     _check_exactly_once(out, n)
 
 

@@ -57,7 +57,8 @@ def test_train_is_deterministic_resumable_and_writes_curves(two_pairs, lite_weig
     wc = load_checkpoint(tmp_path / "c" / "last.pt").model.state_dict()
     assert all(torch.allclose(wa[k], wc[k], atol=1e-7) for k in wa)
     lines = (tmp_path / "a" / "loss.csv").read_text().splitlines()
-    assert lines[0].startswith("iteration,train_loss,val_psnr") and len(lines) == 3
+    assert lines[0].startswith("iteration,train_loss,val_psnr") and len(lines) == 4  # iterations 0, 3, 6
+    assert lines[1].startswith("0,,")
     assert (tmp_path / "a" / "loss.png").stat().st_size > 1000
     meta = load_checkpoint(tmp_path / "a" / "best.pt").info
     assert meta.training["iters"] == 6 and meta.training["init"] == lite_weights.name
@@ -80,3 +81,16 @@ def test_training_from_scratch_initializes_operators(two_pairs, tmp_path):
     up = m.renderer("ex")(x, torch.tensor([0.8])).mean()
     down = m.renderer("ex")(x, torch.tensor([-0.8])).mean()
     assert up > down
+
+
+def test_cross_validation_holds_every_pair_out_once(two_pairs, lite_weights, tmp_path):
+    r = _train(["--pairs", str(two_pairs), "--init", str(lite_weights), "--iters", "2", "--cv", "3",
+                "--trainable", "heads"], tmp_path / "cv")
+    assert "cross-validation, 3 folds" in r.output
+    cv = json.loads((tmp_path / "cv" / "cv.json").read_text())
+    held = sorted(i for f in cv["folds"] for i in f["held_out"])
+    assert held == ["a0481", "a2917", "a3102"]
+    for f in cv["folds"]:
+        assert f["initial"]["iteration"] == 0 and f["final"]["iteration"] == 2
+        assert f["initial"]["val_psnr"] != f["final"]["val_psnr"]
+    assert set(cv["initial"]) == {"val_psnr", "val_ssim", "val_delta_e"}

@@ -152,3 +152,12 @@ def test_write_atomic_leaves_no_temporary(tmp_path):
     assert os.listdir(tmp_path) == ["o.tif"]
     assert (tmp_path / "o.tif").read_bytes() == b"abc"
     assert oct(os.stat(tmp_path / "o.tif").st_mode & 0o777) == oct(0o640)
+
+
+def test_compressed_tiffs_are_lossless():
+    px = synthetic_photo(300, 200)
+    for codec in ("zstd", "zlib", "lzw"):
+        data = encode(px, "tiff16", tiff_compression=codec, threads=2)
+        assert np.array_equal(tifffile.imread(io.BytesIO(data)), px), codec
+        if codec != "lzw":  # LZW grows on this noisy test image
+            assert len(data) < px.nbytes, codec

@@ -9,7 +9,7 @@ from pipeline.checkpoint import CheckpointError, ModelInfo, load_checkpoint, sav
 from pipeline.models import model_class, registered_models
 from pipeline.models.neurop import NeurOp
 
-from conftest import OFFICIAL, need_shared
+from conftest import need_shared
 
 
 def test_parameter_count_matches_the_paper():

@@ -161,3 +161,23 @@ def test_a_killed_worker_is_replaced_and_its_images_retried(kill_corpus):
     assert proc.returncode == 0, output
     assert "died and were replaced" in output
     _check_exactly_once(out, n)
+
+
+def test_ctrl_c_stops_cleanly_says_how_to_resume_and_resume_finishes(kill_corpus):
+    work, n = kill_corpus
+    out = work / "out"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    args = [*CLI, "run", str(work / "m.csv"), "--out", str(out), "--workers", "2", "--no-progress"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and len(_outputs(out)) < 2:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal sends to the whole foreground group
+    output = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130, output
+    assert "Run the same command again to resume" in output and "Traceback" not in output
+    r = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "(resumed)" in r.stdout
+    _check_exactly_once(out, n)

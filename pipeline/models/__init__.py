@@ -12,7 +12,7 @@ at full resolution through a baked 3D LUT.
 """
 from __future__ import annotations
 
-from typing import Callable, Type
+from typing import Type
 
 import torch
 
