@@ -163,7 +163,7 @@ def manifest(folder, dest, no_recursive, examples):
     if examples == bool(folder):
         raise click.UsageError("give a FOLDER or --examples")
     paths = example_photo_paths() if examples else scan_folder(folder, recursive=not no_recursive)
-    n = write_manifest(paths, dest)
+    n = write_manifest(paths, dest, named=examples)
     click.echo(f"{n} images -> {dest}")
 
 

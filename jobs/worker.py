@@ -143,8 +143,7 @@ class ImageProcessor:
                 strengths = [float(x) for x in task.strengths]
             lut = self.retoucher.lut(strengths)
             lap("bake")
-            from pipeline.lut import apply_lut_u16
-            apply_lut_u16(pixels, lut, out=pixels)  # in place: no second full-resolution buffer
+            self.retoucher.render(pixels, strengths, out=pixels, lut=lut)  # in place: no second full-res buffer
             lap("apply")
             data = encode(pixels, s.output_format, jpeg_quality=s.jpeg_quality,
                           exif=None if s.strip_metadata else decoded.exif, tiff_compression=s.tiff_compression,

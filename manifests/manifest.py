@@ -154,16 +154,20 @@ def scan_folder(folder: str, recursive: bool = True) -> list[str]:
     return sorted(found)
 
 
-def write_manifest(paths: list[str], dest: str) -> int:
-    """Write a CSV manifest whose paths are relative to its own folder where possible."""
+def write_manifest(paths: list[str], dest: str, named: bool = False) -> int:
+    """Write a CSV manifest whose paths are relative to its own folder where possible.
+
+    ``named``: also write ``id`` and ``output`` columns from the file names (for files from deep, odd places).
+    """
     base = Path(dest).resolve().parent
     base.mkdir(parents=True, exist_ok=True)
     with open(dest, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["path"])
+        w.writerow(["path", "id", "output"] if named else ["path"])
         for p in paths:
             rp = Path(p).resolve()
-            w.writerow([os.path.relpath(rp, base) if _relative_to(rp, base) is not None else str(rp)])
+            rel = os.path.relpath(rp, base) if _relative_to(rp, base) is not None else str(rp)
+            w.writerow([rel, rp.stem, rp.stem] if named else [rel])
     return len(paths)
 
 

@@ -134,12 +134,17 @@ def bench_size(retoucher: Retoucher, megapixels: float, photo, codecs, reference
     with PeakRSS() as total:
         decode_s, decoded = _timed(lambda: decode(path))
         px = decoded.pixels
+        scratch = np.empty_like(px)  # extra timing runs of the kernel write here; the real one is in place
+        scratch.fill(0)  # touch its pages now, so they count in neither peak below
         with PeakRSS() as model_mem:
             predict_s, s = _timed(lambda: retoucher.predict(px), repeat=2)
             bake_s, lut = _timed(lambda: retoucher.lut(s), repeat=2)
+            apply_s, _ = _timed(lambda: retoucher.render(px, s, out=scratch, lut=lut), repeat=2)
             t = time.perf_counter()
-            apply_lut_u16(px, lut, out=px)
-            apply_s = time.perf_counter() - t
+            retoucher.render(px, s, out=px, lut=lut)
+            apply_s = min(apply_s, time.perf_counter() - t)
+        scratch_mib = scratch.nbytes / 2**20
+        del scratch
         enc, size = {}, {}
         for c in codecs:
             enc[c], data = _timed(lambda c=c: encode(px, "tiff16", tiff_compression=c, threads=torch.get_num_threads()))
@@ -149,11 +154,11 @@ def bench_size(retoucher: Retoucher, megapixels: float, photo, codecs, reference
             enc[c] = round(enc[c] + time.perf_counter() - t, 4)
     res = SizeResult(megapixels, w, h, round(decode_s, 4), round(predict_s, 4), round(bake_s, 4), round(apply_s, 4),
                      round(predict_s + bake_s + apply_s, 4), enc, size, round(model_mem.mib, 1),
-                     round(total.mib, 1))
+                     round(total.mib - scratch_mib, 1))
     if megapixels <= reference_max_mp:
         orig = decode(path).pixels
         exact = retoucher.render_exact(orig, s)
-        res.lut_vs_exact_db = round(psnr(apply_lut_u16(orig, lut).astype(np.float32) / 65535, exact), 2)
+        res.lut_vs_exact_db = round(psnr(retoucher.render(orig, s, lut=lut).astype(np.float32) / 65535, exact), 2)
         del exact
         img = torch.from_numpy(orig.astype(np.float32) / 65535).permute(2, 0, 1)[None]
         del orig

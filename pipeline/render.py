@@ -59,9 +59,17 @@ class Retoucher:
     def lut(self, strengths) -> np.ndarray:
         return bake_lut(self.model, strengths, self.lut_size)
 
-    def render(self, pixels: np.ndarray, strengths, out: np.ndarray | None = None) -> np.ndarray:
-        """Full-resolution render through the LUT: uint16 in, uint16 out."""
-        return apply_lut_u16(pixels, self.lut(strengths), out)
+    def render(self, pixels: np.ndarray, strengths, out: np.ndarray | None = None,
+               lut: np.ndarray | None = None) -> np.ndarray:
+        """Full-resolution render through the LUT: uint16 in, uint16 out (may be in place: ``out=pixels``).
+
+        On a CPU a compiled trilinear loop; on a GPU torch's grid_sample, in strips of rows so that GPU memory
+        holds a strip, not the image.
+        """
+        lut = self.lut(strengths) if lut is None else lut
+        if self.device == "cpu":
+            return apply_lut_u16(pixels, lut, out)
+        return render_lut_torch(pixels, lut, self.device, out)
 
     @torch.inference_mode()
     def render_exact(self, pixels: np.ndarray, strengths) -> np.ndarray:
@@ -74,3 +82,23 @@ class Retoucher:
             chunk = torch.from_numpy(flat[i:i + EXACT_STRIP_PIXELS].astype(np.float32) / scale).to(self.device)
             out[i:i + EXACT_STRIP_PIXELS] = self.model.render_pixels(chunk, s).cpu().numpy()
         return out.reshape(pixels.shape)
+
+
+GPU_STRIP_PIXELS = 1 << 23
+
+
+@torch.inference_mode()
+def render_lut_torch(pixels: np.ndarray, lut: np.ndarray, device: str, out: np.ndarray | None = None) -> np.ndarray:
+    """The LUT applied with torch on ``device`` (the GPU path), strip by strip, uint16 in and out."""
+    from .lut import apply_lut_torch
+    out = np.empty_like(pixels) if out is None else out
+    table = torch.from_numpy(lut).to(device)
+    rows = max(1, GPU_STRIP_PIXELS // max(1, pixels.shape[1]))
+    pin = device.startswith("cuda")
+    for y in range(0, pixels.shape[0], rows):
+        strip = torch.from_numpy(pixels[y:y + rows].astype(np.int32))
+        strip = (strip.pin_memory() if pin else strip).to(device, non_blocking=pin)
+        img = (strip.float() / 65535.0).permute(2, 0, 1).unsqueeze(0)
+        res = apply_lut_torch(img, table)[0].permute(1, 2, 0)
+        out[y:y + rows] = (res * 65535.0 + 0.5).to(torch.int32).cpu().numpy().astype(np.uint16)
+    return out

@@ -161,3 +161,30 @@ def test_compressed_tiffs_are_lossless():
         assert np.array_equal(tifffile.imread(io.BytesIO(data)), px), codec
         if codec != "lzw":  # LZW grows on this noisy test image
             assert len(data) < px.nbytes, codec
+
+
+def _swapped_primaries_profile() -> bytes:
+    """A valid RGB ICC profile that is not sRGB: sRGB with its red and blue primaries swapped."""
+    from pipeline.imageio import srgb_icc_profile
+    icc = bytearray(srgb_icc_profile())
+    n = struct.unpack(">I", icc[128:132])[0]
+    entries = {bytes(icc[132 + 12 * i:136 + 12 * i]): 132 + 12 * i for i in range(n)}
+    r, b = entries[b"rXYZ"], entries[b"bXYZ"]
+    icc[r + 4:r + 12], icc[b + 4:b + 12] = icc[b + 4:b + 12], icc[r + 4:r + 12]
+    return bytes(icc).replace("sRGB".encode("utf-16-be"), "xRGB".encode("utf-16-be")).replace(b"sRGB", b"xRGB")
+
+
+def test_embedded_icc_profile_is_converted_to_srgb(tmp_path):
+    red = np.zeros((8, 8, 3), np.uint16)
+    red[..., 0] = 50000
+    p = tmp_path / "tagged.tif"
+    tifffile.imwrite(p, red, photometric="rgb", iccprofile=_swapped_primaries_profile())
+    px = decode(str(p)).pixels.astype(int)
+    assert px[..., 2].mean() > 30000 and px[..., 0].mean() < 15000  # "red" in that space is blue in sRGB
+    q = tmp_path / "tagged.png"
+    Image.fromarray((red >> 8).astype(np.uint8)).save(q, icc_profile=_swapped_primaries_profile())
+    px = decode(str(q)).pixels.astype(int)
+    assert px[..., 2].mean() > 30000 and px[..., 0].mean() < 15000
+    plain = tmp_path / "untagged.tif"
+    tifffile.imwrite(plain, red, photometric="rgb")
+    assert np.array_equal(decode(str(plain)).pixels, red)  # untagged: taken as sRGB, untouched

@@ -84,3 +84,30 @@ def test_fast_prediction_through_luts_matches_the_exact_network():
         with torch.inference_mode():
             worst = max(worst, float((m.predict_strengths(t) - m.predict_strengths(t, 33)).abs().max()))
     assert worst < 0.005, worst
+
+
+def test_gpu_render_path_matches_the_cpu_kernel():
+    """The torch (GPU) strip renderer, run here on the CPU device, agrees with the compiled kernel to 1 step."""
+    from pipeline.render import render_lut_torch
+    import pipeline.render as render
+    r = Retoucher(load_checkpoint(None))
+    px = synthetic_photo(70, 50)
+    lut = r.lut([0.1, 0.4, -0.3])
+    old, render.GPU_STRIP_PIXELS = render.GPU_STRIP_PIXELS, 1000  # several strips
+    try:
+        via_torch = render_lut_torch(px, lut, "cpu")
+    finally:
+        render.GPU_STRIP_PIXELS = old
+    assert np.abs(via_torch.astype(int) - apply_lut_u16(px, lut).astype(int)).max() <= 1
+
+
+@pytest.mark.gpu
+def test_cuda_render_and_predict():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    cpu = Retoucher(load_checkpoint(None))
+    gpu = Retoucher(load_checkpoint(None, device="cuda"), device="cuda")
+    px = synthetic_photo(400, 600)
+    assert np.abs(cpu.predict(px) - gpu.predict(px)).max() < 1e-3
+    s = cpu.predict(px)
+    assert np.abs(gpu.render(px, s).astype(int) - cpu.render(px, s).astype(int)).max() <= 2
