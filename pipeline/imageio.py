@@ -20,6 +20,7 @@ TIFF_EXTENSIONS = frozenset({".tif", ".tiff"})
 PILLOW_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png"})
 IMAGE_EXTENSIONS = RAW_EXTENSIONS | TIFF_EXTENSIONS | PILLOW_EXTENSIONS
 DEFAULT_MAX_PIXELS = 250_000_000
+MIN_RAW_BYTES_PER_PIXEL = 0.02
 
 OUTPUT_FORMATS = {"tiff16": ".tif", "jpeg": ".jpg", "png": ".png"}
 
@@ -100,6 +101,12 @@ def _decode_raw(path: str, max_pixels: int, rendition: dict, half_size: bool) ->
         with rawpy.imread(path) as raw:
             s = raw.sizes
             check_pixels(s.width, s.height, max_pixels)
+            # a sensor's data cannot fit in a few bytes per hundred pixels, whatever the compression: the file is
+            # metadata only (or cut short), and LibRaw would return zeros or leftover memory for it
+            size = os.path.getsize(path)
+            if size < MIN_RAW_BYTES_PER_PIXEL * s.raw_width * s.raw_height:
+                raise DecodeError(f"{size} bytes cannot hold the image data of a {s.raw_width}x{s.raw_height} "
+                                  "sensor (metadata only or truncated)")
             rgb = raw.postprocess(use_camera_wb=rendition.get("white_balance", "camera") == "camera",
                                   no_auto_bright=not rendition.get("auto_bright", False), output_bps=16,
                                   output_color=colour, gamma=gamma, half_size=half_size)

@@ -34,10 +34,9 @@ def test_bad_corpus_every_file_reported_and_good_ones_done(ray_cluster, tmp_path
     raw = need_shared("data", "raw", "good", "tinydng_colorchart.dng")
     shutil.copy(raw, src)
     bad = {}
-    for f in need_shared("data", "raw", "bad").iterdir():
-        if f.name != "stripped_DNG.dng":  # decodes to zeros: reported as all-black, checked below
-            shutil.copy(f, src)
-            bad[f.name] = ""
+    for f in need_shared("data", "raw", "bad").iterdir():  # RAW files with the image data stripped
+        shutil.copy(f, src)
+        bad[f.name] = ""
     (src / "truncated.dng").write_bytes(raw.read_bytes()[:200_000]); bad["truncated.dng"] = ""
     (src / "empty.dng").write_bytes(b""); bad["empty.dng"] = "empty file"
     (src / "notes.nef").write_text("not a raw file\n" * 100); bad["notes.nef"] = "not a RAW format"
