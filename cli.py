@@ -72,8 +72,9 @@ def _summary(result, start_note: str = "") -> None:
     rate = o.images / o.seconds if o.seconds > 0 else 0.0
     for e in o.errors or []:
         click.echo(f"failed: {e}", err=True)
+    startup = f" after {o.startup_seconds:.1f} s worker start-up" if o.startup_seconds else ""
     click.echo(f"{o.images} images: {o.ok} ok, {o.error} failed, {o.skipped} skipped in {o.seconds:.1f} s "
-               f"({rate:.2f} images/s){start_note}; run {result.run_id}, ledger {result.ledger}")
+               f"({rate:.2f} images/s){startup}{start_note}; run {result.run_id}, ledger {result.ledger}")
     if o.worker_restarts:
         click.echo(f"{o.worker_restarts} worker(s) died and were replaced", err=True)
     if o.error:

@@ -26,7 +26,8 @@ class Outcome:
     ok: int = 0
     error: int = 0
     skipped: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # from the first worker ready to the last image
+    startup_seconds: float = 0.0  # Ray actors created until the first one has loaded its model
     worker_restarts: int = 0
     errors: list[str] | None = None
 
@@ -45,6 +46,7 @@ class _Worker:
 
     def __init__(self, config: WorkerConfig):
         self.processor = ImageProcessor(config)
+        self.processor.warm_up()
 
     def process(self, task: ImageTask) -> LedgerRow:
         return self.processor.process(task)
@@ -76,6 +78,7 @@ def execute(tasks: list[ImageTask], config: WorkerConfig, placement, writer: Led
     load: list[int] = [0] * n_workers
     last_progress = time.monotonic()
     start_failures = 0
+    first_ready = None
 
     def emit(row: LedgerRow) -> None:
         if record is None or record(row):
@@ -124,6 +127,9 @@ def execute(tasks: list[ImageTask], config: WorkerConfig, placement, writer: Led
                     try:
                         ray.get(ref)
                         ready.add(i)
+                        if first_ready is None:
+                            first_ready = time.monotonic()
+                            outcome.startup_seconds = first_ready - start
                     except (RayActorError, WorkerCrashedError, ObjectLostError) as e:
                         start_failures += 1
                         if start_failures > 3 * n_workers:  # not bad luck: workers cannot start at all
@@ -160,7 +166,7 @@ def execute(tasks: list[ImageTask], config: WorkerConfig, placement, writer: Led
             ray.kill(a, no_restart=True)
         except Exception:
             pass
-    outcome.seconds = time.monotonic() - start
+    outcome.seconds = time.monotonic() - (first_ready or start)
     return outcome
 
 
