@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import time
 from dataclasses import dataclass, replace
+from typing import Callable
 
 from .ledger import LedgerRow, LedgerWriter, now
 from .progress import Progress
@@ -57,7 +58,7 @@ class _Worker:
 
 def execute(tasks: list[ImageTask], config: WorkerConfig, placement, writer: LedgerWriter,
             progress: Progress, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
-            record: callable = None) -> Outcome:
+            record: Callable[[LedgerRow], bool] | None = None) -> Outcome:
     """Process every task exactly once into the ledger (``record(row)`` decides whether a row is written)."""
     import ray
     from ray.exceptions import ObjectLostError, RayActorError, WorkerCrashedError
@@ -145,7 +146,7 @@ def execute(tasks: list[ImageTask], config: WorkerConfig, placement, writer: Led
                     fail_task(i, task, e)
                     continue
                 except Exception as e:  # an error that escaped the per-image guard: still one row
-                    row = _died_row(task, cfg, e)
+                    row = _error_row(task, cfg, f"internal error {type(e).__name__}: {_first_line(e)}")
                 emit(row)
             dispatch()
             if not ready and not in_flight and time.monotonic() - last_progress > START_TIMEOUT_S:
@@ -153,19 +154,14 @@ def execute(tasks: list[ImageTask], config: WorkerConfig, placement, writer: Led
                                    f"{ray.cluster_resources()} but each worker asks for {placement.cpus_per_worker} "
                                    f"CPU and {placement.gpus_per_worker} GPU)")
     except KeyboardInterrupt:
-        writer.flush()
+        raise JobInterrupted(outcome.images, len(tasks)) from None
+    finally:
+        writer.flush()  # whatever happened, every finished image reaches the ledger
         for a in actors:
             try:
                 ray.kill(a, no_restart=True)
             except Exception:
                 pass
-        raise JobInterrupted(outcome.images, len(tasks)) from None
-    writer.flush()
-    for a in actors:
-        try:
-            ray.kill(a, no_restart=True)
-        except Exception:
-            pass
     outcome.seconds = time.monotonic() - (first_ready or start)
     return outcome
 
@@ -176,9 +172,12 @@ def _first_line(e: Exception) -> str:
 
 
 def _died_row(task: ImageTask, cfg: WorkerConfig, e: Exception) -> LedgerRow:
-    cause = type(e).__name__
+    return _error_row(task, cfg, f"the worker processing it died {task.attempts} time(s) ({type(e).__name__}); "
+                                 "possibly out of memory")
+
+
+def _error_row(task: ImageTask, cfg: WorkerConfig, cause: str) -> LedgerRow:
     return LedgerRow(image_id=task.image_id, source_path=task.source, status="error", created_at=now(),
-                     error=f"{task.source}: the worker processing it died {task.attempts} time(s) ({cause}); "
-                           "possibly out of memory", attempts=task.attempts, command=task.command,
+                     error=f"{task.source}: {cause}", attempts=task.attempts, command=task.command,
                      parent_run_id=task.parent_run_id, render_settings=cfg.settings.to_json(),
                      output_format=cfg.settings.output_format)

@@ -29,32 +29,48 @@ def bake_lut(model, strengths, size: int = DEFAULT_LUT_SIZE) -> np.ndarray:
     return np.ascontiguousarray(out.float().cpu().numpy().reshape(size, size, size, 3))
 
 
-@njit(parallel=True, fastmath=False, cache=True)
-def _apply_u16(src, lut, dst):
-    # float32 arithmetic throughout: 20% faster than float64 and within 1 step of 16 bits of it
-    h, w = src.shape[0], src.shape[1]
+@njit(inline="always", cache=True)
+def _trilinear(lut, fr, fg, fb, c):
+    """Channel c of ``lut`` at the grid position (fr, fg, fb) in [0, n - 1], in float32 (fast and within one
+    16-bit step of float64)."""
     n = lut.shape[0]
-    scale = np.float32((n - 1) / 65535.0)
     one = np.float32(1.0)
-    for y in prange(h):
-        for x in range(w):
+    r0 = min(int(fr), n - 2)
+    g0 = min(int(fg), n - 2)
+    b0 = min(int(fb), n - 2)
+    dr = fr - np.float32(r0)
+    dg = fg - np.float32(g0)
+    db = fb - np.float32(b0)
+    c00 = lut[r0, g0, b0, c] * (one - dr) + lut[r0 + 1, g0, b0, c] * dr
+    c01 = lut[r0, g0, b0 + 1, c] * (one - dr) + lut[r0 + 1, g0, b0 + 1, c] * dr
+    c10 = lut[r0, g0 + 1, b0, c] * (one - dr) + lut[r0 + 1, g0 + 1, b0, c] * dr
+    c11 = lut[r0, g0 + 1, b0 + 1, c] * (one - dr) + lut[r0 + 1, g0 + 1, b0 + 1, c] * dr
+    v = (c00 * (one - dg) + c10 * dg) * (one - db) + (c01 * (one - dg) + c11 * dg) * db
+    return min(max(v, np.float32(0.0)), one)
+
+
+@njit(parallel=True, cache=True)
+def _apply_u16(src, lut, dst):
+    scale = np.float32((lut.shape[0] - 1) / 65535.0)
+    for y in prange(src.shape[0]):
+        for x in range(src.shape[1]):
             fr = np.float32(src[y, x, 0]) * scale
             fg = np.float32(src[y, x, 1]) * scale
             fb = np.float32(src[y, x, 2]) * scale
-            r0 = min(int(fr), n - 2)
-            g0 = min(int(fg), n - 2)
-            b0 = min(int(fb), n - 2)
-            dr = fr - np.float32(r0)
-            dg = fg - np.float32(g0)
-            db = fb - np.float32(b0)
             for c in range(3):
-                c00 = lut[r0, g0, b0, c] * (one - dr) + lut[r0 + 1, g0, b0, c] * dr
-                c01 = lut[r0, g0, b0 + 1, c] * (one - dr) + lut[r0 + 1, g0, b0 + 1, c] * dr
-                c10 = lut[r0, g0 + 1, b0, c] * (one - dr) + lut[r0 + 1, g0 + 1, b0, c] * dr
-                c11 = lut[r0, g0 + 1, b0 + 1, c] * (one - dr) + lut[r0 + 1, g0 + 1, b0 + 1, c] * dr
-                v = (c00 * (one - dg) + c10 * dg) * (one - db) + (c01 * (one - dg) + c11 * dg) * db
-                v = min(max(v, np.float32(0.0)), one)
-                dst[y, x, c] = np.uint16(v * np.float32(65535.0) + np.float32(0.5))
+                dst[y, x, c] = np.uint16(_trilinear(lut, fr, fg, fb, c) * np.float32(65535.0) + np.float32(0.5))
+
+
+@njit(parallel=True, cache=True)
+def _apply_f32(src, lut, dst):
+    top = np.float32(lut.shape[0] - 1)
+    for y in prange(src.shape[0]):
+        for x in range(src.shape[1]):
+            fr = min(max(src[y, x, 0], np.float32(0.0)), np.float32(1.0)) * top
+            fg = min(max(src[y, x, 1], np.float32(0.0)), np.float32(1.0)) * top
+            fb = min(max(src[y, x, 2], np.float32(0.0)), np.float32(1.0)) * top
+            for c in range(3):
+                dst[y, x, c] = _trilinear(lut, fr, fg, fb, c)
 
 
 @njit(parallel=True, cache=True)
@@ -70,30 +86,6 @@ def box_average_u16(src, k, dst):
                     for dx in range(k):
                         acc += src[y * k + dy, x * k + dx, c]
                 dst[y, x, c] = acc * scale
-
-
-@njit(parallel=True, fastmath=False, cache=True)
-def _apply_f32(src, lut, dst):
-    h, w = src.shape[0], src.shape[1]
-    n = lut.shape[0]
-    for y in prange(h):
-        for x in range(w):
-            fr = min(max(src[y, x, 0], 0.0), 1.0) * (n - 1)
-            fg = min(max(src[y, x, 1], 0.0), 1.0) * (n - 1)
-            fb = min(max(src[y, x, 2], 0.0), 1.0) * (n - 1)
-            r0 = min(int(fr), n - 2)
-            g0 = min(int(fg), n - 2)
-            b0 = min(int(fb), n - 2)
-            dr = fr - r0
-            dg = fg - g0
-            db = fb - b0
-            for c in range(3):
-                c00 = lut[r0, g0, b0, c] * (1 - dr) + lut[r0 + 1, g0, b0, c] * dr
-                c01 = lut[r0, g0, b0 + 1, c] * (1 - dr) + lut[r0 + 1, g0, b0 + 1, c] * dr
-                c10 = lut[r0, g0 + 1, b0, c] * (1 - dr) + lut[r0 + 1, g0 + 1, b0, c] * dr
-                c11 = lut[r0, g0 + 1, b0 + 1, c] * (1 - dr) + lut[r0 + 1, g0 + 1, b0 + 1, c] * dr
-                v = (c00 * (1 - dg) + c10 * dg) * (1 - db) + (c01 * (1 - dg) + c11 * dg) * db
-                dst[y, x, c] = min(max(v, 0.0), 1.0)
 
 
 def apply_lut_u16(pixels: np.ndarray, lut: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
