@@ -243,3 +243,12 @@ def test_a_second_job_on_the_same_folder_is_refused(archive, tmp_path):
         write_manifest(m, [str(archive / "in" / "dune.jpg")])
         r = CliRunner().invoke(main, ["run", str(m), "--out", str(out)])
         assert r.exit_code == 1 and "another retouch-batch job" in r.output
+
+
+def test_example_manifests_point_at_the_shared_data(tmp_path):
+    from manifests.manifest import load_manifest
+    from conftest import ROOT
+    need_shared("data", "photos")
+    for name, n in (("shared-photos.csv", 33), ("shared-raw.csv", 3)):
+        m = load_manifest(str(ROOT / "manifests" / "examples" / name), str(tmp_path))
+        assert len(m.entries) == n and all(os.path.isfile(e.source) for e in m.entries)
