@@ -46,7 +46,8 @@ def job_options(fn):
                      help="Ray workers. Default: one per GPU, else one per CPU core of the cluster."),
         click.option("--address", envvar="RAY_ADDRESS", default=None,
                      help="Join an existing Ray cluster (also RAY_ADDRESS); default: an embedded local Ray."),
-        click.option("--ledger", default=None, type=click.Path(file_okay=False), help="Ledger folder (default <out>/ledger)."),
+        click.option("--ledger", "ledger_dir", default=None, type=click.Path(file_okay=False),
+                     help="Ledger folder to write (default <out>/ledger)."),
         click.option("--weights", default=None, type=click.Path(dir_okay=False),
                      help="Checkpoint (own format or official NeurOp .pth). Default: the shipped weights."),
         click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS, show_default=True,
@@ -61,9 +62,9 @@ def job_options(fn):
     return fn
 
 
-def _job_options(out, workers, address, ledger, weights, max_pixels, retries, device, no_progress, settings):
+def _job_options(out, workers, address, ledger_dir, weights, max_pixels, retries, device, no_progress, settings):
     from jobs.run import JobOptions
-    return JobOptions(out=out, weights=weights, settings=settings, workers=workers, address=address, ledger=ledger,
+    return JobOptions(out=out, weights=weights, settings=settings, workers=workers, address=address, ledger=ledger_dir,
                       max_pixels=max_pixels, max_attempts=retries, device=device, progress=not no_progress)
 
 
@@ -100,14 +101,14 @@ def main():
 @click.option("--half-size", is_flag=True, help="Demosaic RAW at half size (faster, half the resolution).")
 @click.option("--overwrite", is_flag=True, help="Redo images whose outputs are already current.")
 @user_errors
-def run(manifest, out, workers, address, ledger, weights, max_pixels, retries, device, no_progress, output_format,
+def run(manifest, out, workers, address, ledger_dir, weights, max_pixels, retries, device, no_progress, output_format,
         quality, strip_metadata, tiff_compression, lut_size, half_size, overwrite):
     """Retouch every image of MANIFEST (CSV or Parquet with a `path` column) into --out, with a ledger."""
     from jobs.run import run_job
     from jobs.worker import DEFAULT_TIFF_COMPRESSION, RenderSettings
     settings = RenderSettings(output_format, quality, strip_metadata, lut_size,
                               tiff_compression or DEFAULT_TIFF_COMPRESSION, half_size)
-    opts = _job_options(out, workers, address, ledger, weights, max_pixels, retries, device, no_progress, settings)
+    opts = _job_options(out, workers, address, ledger_dir, weights, max_pixels, retries, device, no_progress, settings)
     opts.overwrite = overwrite
     result = run_job(manifest, opts, log=lambda m: click.echo(m, err=True))
     _summary(result, " (resumed)" if result.resumed else "")
@@ -123,20 +124,14 @@ def run(manifest, out, workers, address, ledger, weights, max_pixels, retries, d
 @click.option("--format", "output_format", type=click.Choice(list(OUTPUT_FORMATS)), default=None,
               help="Output format (default: the original run's).")
 @user_errors
-def rerender(ledger, out, workers, address, ledger_out, weights, max_pixels, retries, device, no_progress, set_ops,
+def rerender(ledger, out, workers, address, ledger_dir, weights, max_pixels, retries, device, no_progress, set_ops,
              shift_ops, edits, run_id, output_format):
     """Re-render LEDGER's images from their sources with its strengths, adjusted; never re-predicts."""
     from jobs.rerender import rerender_job
-    opts = _job_options(out, workers, address, ledger_out, weights, max_pixels, retries, device, no_progress, None)
+    opts = _job_options(out, workers, address, ledger_dir, weights, max_pixels, retries, device, no_progress, None)
     result = rerender_job(ledger, opts, set_ops, shift_ops, edits, run_id, output_format,
                           log=lambda m: click.echo(m, err=True))
     _summary(result)
-
-
-# rerender's own ledger option must not clash with its LEDGER argument
-for p in rerender.params:
-    if p.name == "ledger" and isinstance(p, click.Option):
-        p.name = "ledger_out"
 
 
 @main.command()
@@ -181,8 +176,6 @@ def eval_(pairs, weights, as_json):
     results = [evaluate(found, w) for w in (weights or (None,))]
     if as_json:
         out = [r.to_dict() for r in results]
-        for d in out:
-            d["delta_e"] = d["delta_e"]
         click.echo(json.dumps(out[0] if len(out) == 1 else out, indent=1))
         return
     for r in results:

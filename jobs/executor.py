@@ -131,6 +131,7 @@ def execute(tasks: list[ImageTask], config: WorkerConfig, placement, writer: Led
                         if first_ready is None:
                             first_ready = time.monotonic()
                             outcome.startup_seconds = first_ready - start
+                            progress.start = first_ready  # rates count from here, as the summary does
                     except (RayActorError, WorkerCrashedError, ObjectLostError) as e:
                         start_failures += 1
                         if start_failures > 3 * n_workers:  # not bad luck: workers cannot start at all
