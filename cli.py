@@ -204,19 +204,27 @@ def eval_(pairs, weights, as_json):
 @click.option("--init-iters", type=click.IntRange(min=0), default=2000, show_default=True,
               help="Operator-initialization iterations per operator (training from scratch).")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--photos", multiple=True, type=click.Path(exists=True),
+              help="Unlabeled photos (folder or manifest): distort-and-recover pairs, or --teacher's retouches.")
+@click.option("--teacher", default=None, type=click.Path(dir_okay=False, exists=True),
+              help="With --photos: distil this model's retouches of the photos.")
+@click.option("--real-fraction", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="With --photos: share of iterations on the real pairs.")
 @click.option("--cv", type=click.IntRange(min=2), default=None,
               help="K-fold cross-validation of this recipe instead of one training (writes cv.json).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @user_errors
-def train(pairs, out, init, init_operators, iters, lr, trainable, val, val_ids, eval_every, init_iters, seed, cv,
-          device):
+def train(pairs, out, init, init_operators, iters, lr, trainable, val, val_ids, eval_every, init_iters, seed, photos,
+          teacher, real_fraction, cv, device):
     """Train or fine-tune a model on before/after pairs; writes best.pt, last.pt, loss.csv and loss.png."""
     import torch
     from pipeline.train import TrainConfig, train as run_training
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    cfg = TrainConfig(list(pairs), out, init, init_operators, iters, lr, trainable, val,
-                      [v for v in val_ids.split(",") if v], seed, eval_every, init_iters, device)
+    cfg = TrainConfig(pairs=list(pairs), out=out, init=init, init_operators=init_operators, iters=iters, lr=lr,
+                      trainable=trainable, val=val, val_ids=[v for v in val_ids.split(",") if v], seed=seed,
+                      eval_every=eval_every, init_iters=init_iters, photos=list(photos), teacher=teacher,
+                      real_fraction=real_fraction, device=device)
     if cv:
         from pipeline.train import cross_validate
         r = cross_validate(cfg, cv, log=click.echo)

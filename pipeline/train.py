@@ -40,6 +40,9 @@ class TrainConfig:
     seed: int = 0
     eval_every: int = 100
     init_iters: int = 2000  # operator-initialization iterations per operator (when no init is given)
+    photos: list[str] = field(default_factory=list)  # unlabeled photos: synthetic or distilled pairs
+    teacher: str | None = None  # with photos: targets are this model's output (distillation)
+    real_fraction: float = 0.5  # with photos: share of iterations on real pairs
     device: str = "cpu"
 
 
@@ -108,6 +111,44 @@ def initialize_operators(model: NeurOp, photos: list[np.ndarray], iters: int, rn
                 log(f"init {op}: {it + 1}/{iters} loss {loss.item():.4f}")
 
 
+def load_photos(sources: list[str], long_side: int = 512) -> list[np.ndarray]:
+    """Unlabeled photos (folders or manifests), at the training resolution, float32 (H, W, 3) in [0, 1]."""
+    from manifests.manifest import load_manifest, scan_folder
+    from .imageio import decode
+    from .render import thumbnail
+    paths = []
+    for s in sources:
+        if os.path.isdir(s):
+            paths += scan_folder(s)
+        else:
+            paths += [e.source for e in load_manifest(s, os.path.dirname(os.path.abspath(s))).entries]
+    if not paths:
+        raise ValueError(f"no photos found in {', '.join(sources)}")
+    return [thumbnail(decode(p).pixels, long_side)[0].permute(1, 2, 0).numpy() for p in paths]
+
+
+def distort(img: torch.Tensor, rng: random.Random) -> torch.Tensor:
+    """A plausibly mis-developed version of a photo: 1-3 standard operators at random strengths, random order."""
+    ops = rng.sample(list(STANDARD), rng.randint(1, len(STANDARD)))
+    for op in ops:
+        fn, (lo, hi) = STANDARD[op]
+        img = fn(img, rng.uniform(lo, hi) * 0.7).clamp(0, 1)
+    return img
+
+
+def photo_pairs(photos: list[np.ndarray], teacher: str | None) -> list[tuple[str, np.ndarray, np.ndarray | None]]:
+    """Distillation pairs (photo, teacher's retouch), or photos whose inputs are distorted on the fly (None)."""
+    if teacher is None:
+        return [(f"photo{i}", p, None) for i, p in enumerate(photos)]
+    model = load_checkpoint(teacher).model
+    out = []
+    with torch.inference_mode():
+        for i, p in enumerate(photos):
+            t = model(torch.from_numpy(p).permute(2, 0, 1)[None])[0][0].permute(1, 2, 0).numpy()
+            out.append((f"photo{i}", p, np.ascontiguousarray(t)))
+    return out
+
+
 def load_pairs(sources: list[str]) -> list[tuple[str, np.ndarray, np.ndarray]]:
     out = []
     for s in sources:
@@ -136,6 +177,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
     train_pairs, val_pairs = split(pairs, cfg)
     if not train_pairs:
         raise ValueError("every pair is held out for validation; lower --val")
+    photo_set = photo_pairs(load_photos(cfg.photos), cfg.teacher) if cfg.photos else []
     rng = random.Random(cfg.seed)
     last = out / "last.pt"
     start_it = 0
@@ -178,7 +220,12 @@ def train(cfg: TrainConfig, log=print) -> dict:
         best = json.loads((out / "best.json").read_text())["val_psnr"]
     running, t0 = [], time.monotonic()
     for it in range(start_it, cfg.iters):
-        _, a, b = train_pairs[rng.randrange(len(train_pairs))]
+        if photo_set and rng.random() >= cfg.real_fraction:
+            _, a, b = photo_set[rng.randrange(len(photo_set))]
+            if b is None:  # distort-and-recover: the photo itself is the target
+                b, a = a, distort(torch.from_numpy(a).permute(2, 0, 1)[None], rng)[0].permute(1, 2, 0).numpy()
+        else:
+            _, a, b = train_pairs[rng.randrange(len(train_pairs))]
         x, y = augment(torch.from_numpy(a).permute(2, 0, 1)[None], torch.from_numpy(b).permute(2, 0, 1)[None], rng)
         pred, _ = model(x.to(cfg.device))
         loss = joint_loss(pred, y.to(cfg.device))
@@ -262,6 +309,8 @@ def _recipe(cfg: TrainConfig) -> dict:
     d = asdict(cfg)
     d["pairs"] = [os.path.basename(os.path.normpath(p)) for p in cfg.pairs]
     d["init"] = os.path.basename(cfg.init) if cfg.init else None
+    d["photos"] = [os.path.basename(os.path.normpath(p)) for p in cfg.photos]
+    d["teacher"] = os.path.basename(cfg.teacher) if cfg.teacher else None
     d.pop("out")
     d.pop("device")
     return d

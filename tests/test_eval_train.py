@@ -94,3 +94,28 @@ def test_cross_validation_holds_every_pair_out_once(two_pairs, lite_weights, tmp
         assert f["initial"]["iteration"] == 0 and f["final"]["iteration"] == 2
         assert f["initial"]["val_psnr"] != f["final"]["val_psnr"]
     assert set(cv["initial"]) == {"val_psnr", "val_ssim", "val_delta_e"}
+
+
+def test_training_with_photos_distorted_or_distilled(two_pairs, lite_weights, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    from PIL import Image
+    for name in ("Dune.jpg", "Storm.jpg"):
+        Image.open(need_shared("data", "photos", name)).convert("RGB").resize((120, 80)).save(photos / name)
+    for extra in ([], ["--teacher", str(lite_weights)]):
+        out = tmp_path / f"p{len(extra)}"
+        _train(["--pairs", str(two_pairs), "--init", str(lite_weights), "--iters", "4", "--eval-every", "4",
+                "--photos", str(photos), "--real-fraction", "0", *extra], out)
+        meta = load_checkpoint(out / "last.pt").info.training
+        assert meta["photos"] == ["photos"] and meta["real_fraction"] == 0
+        assert meta["teacher"] == (lite_weights.name if extra else None)
+
+
+def test_distortions_change_photos_within_range():
+    import random
+    from pipeline.train import distort
+    img = torch.rand(1, 3, 16, 16) * 0.8 + 0.1
+    outs = [distort(img, random.Random(s)) for s in range(8)]
+    assert all(o.shape == img.shape and float(o.min()) >= 0 and float(o.max()) <= 1 for o in outs)
+    changes = [float((o - img).abs().mean()) for o in outs]
+    assert sum(c > 0.01 for c in changes) >= 6, changes  # most draws visibly change the photo
