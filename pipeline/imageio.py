@@ -5,6 +5,7 @@ Errors are ``DecodeError`` with a one-line cause; callers add the file name.
 """
 from __future__ import annotations
 
+import functools
 import io
 import os
 import uuid
@@ -35,6 +36,7 @@ class Decoded:
     exif: bytes | None = None  # raw EXIF block to carry into JPEG outputs
 
 
+@functools.lru_cache(maxsize=1)
 def srgb_icc_profile() -> bytes:
     """LittleCMS's sRGB profile with a fixed creation date, so equal pixels always give equal output bytes."""
     import struct
@@ -248,6 +250,8 @@ def _decode_pillow(path: str, max_pixels: int) -> Decoded:
             check_pixels(im.width, im.height, max_pixels)
             exif = im.info.get("exif")
             icc = im.info.get("icc_profile")
+            if im.format == "PNG" and im.tile and im.tile[0].args in ("RGB;16B", "RGBA;16B"):
+                return _decode_png16(path, icc, im.getexif().get(0x0112, 1), exif)
             im = ImageOps.exif_transpose(im)
             if im.mode in ("I;16", "I;16B", "I;16L", "I"):
                 a = np.asarray(im).astype(np.uint16) if im.mode != "I" else np.clip(np.asarray(im), 0, 65535).astype(np.uint16)
@@ -273,6 +277,17 @@ def _decode_pillow(path: str, max_pixels: int) -> Decoded:
     return Decoded(a.astype(np.uint16) * 257, exif)
 
 
+def _decode_png16(path: str, icc: bytes | None, orientation: int, exif: bytes | None) -> Decoded:
+    """16-bit RGB(A) PNG at full depth (Pillow would reduce it to 8 bits)."""
+    import imagecodecs
+    with open(path, "rb") as f:
+        a = imagecodecs.png_decode(f.read())
+    px = _to_uint16_rgb(a)
+    if icc:
+        px = _icc_to_srgb_16(px, icc)
+    return Decoded(apply_orientation(px, orientation), exif)
+
+
 # ---------------------------------------------------------------------------------------------------- writing
 
 def encode(pixels: np.ndarray, fmt: str, *, jpeg_quality: int = 95, exif: bytes | None = None,
@@ -281,7 +296,7 @@ def encode(pixels: np.ndarray, fmt: str, *, jpeg_quality: int = 95, exif: bytes 
 
     Compressed TIFFs are cut into 128-row strips that ``threads`` threads compress in parallel.
     """
-    icc = _SRGB_ICC()
+    icc = srgb_icc_profile()
     if fmt == "tiff16":
         import tifffile
         buf = io.BytesIO()
@@ -321,15 +336,6 @@ def _exif_without_orientation(exif: bytes) -> bytes:
         return e.tobytes()
     except Exception:
         return b""
-
-
-_icc_cache: list[bytes] = []
-
-
-def _SRGB_ICC() -> bytes:
-    if not _icc_cache:
-        _icc_cache.append(srgb_icc_profile())
-    return _icc_cache[0]
 
 
 TEMP_PREFIX = ".retouch-tmp-"

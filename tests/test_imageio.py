@@ -188,3 +188,14 @@ def test_embedded_icc_profile_is_converted_to_srgb(tmp_path):
     plain = tmp_path / "untagged.tif"
     tifffile.imwrite(plain, red, photometric="rgb")
     assert np.array_equal(decode(str(plain)).pixels, red)  # untagged: taken as sRGB, untouched
+
+
+def test_16_bit_png_keeps_its_depth(tmp_path):
+    import imagecodecs
+    px = synthetic_photo(30, 40)
+    p = tmp_path / "deep.png"
+    p.write_bytes(imagecodecs.png_encode(px))
+    assert np.array_equal(decode(str(p)).pixels, px)
+    rgba = np.dstack([px, np.full(px.shape[:2], 65535, np.uint16)])
+    p.write_bytes(imagecodecs.png_encode(rgba))
+    assert np.array_equal(decode(str(p)).pixels, px)
