@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 import stat
 import time
 from dataclasses import asdict, dataclass, field
@@ -90,6 +91,7 @@ class ImageProcessor:
         loaded = load_checkpoint(config.weights, device=config.device)
         self.retoucher = Retoucher(loaded, lut_size=config.settings.lut_size, device=config.device)
         self.settings_json = config.settings.to_json()
+        self._threads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="hash")
 
     def warm_up(self) -> None:
         """Compile the kernels and let torch allocate once, so the first image is not slower than the rest."""
@@ -131,13 +133,17 @@ class ImageProcessor:
                 raise DecodeError("file not found")
             if os.path.isdir(src):
                 raise DecodeError("is a folder, not an image")
-            source_sha = file_sha256(src)
-            lap("hash")
-            if self.is_current(task, source_sha):
-                p = task.previous
-                return self._row(task, "skipped", source_sha256=source_sha, output_sha256=p.output_sha256,
-                                 strengths=list(p.strengths), width=p.width, height=p.height,
-                                 seconds=round(time.perf_counter() - t0, 4))
+            if task.previous is not None and not task.overwrite:  # a skip candidate: the hash decides first
+                source_sha = file_sha256(src)
+                lap("hash")
+                if self.is_current(task, source_sha):
+                    p = task.previous
+                    return self._row(task, "skipped", source_sha256=source_sha, output_sha256=p.output_sha256,
+                                     strengths=list(p.strengths), width=p.width, height=p.height,
+                                     seconds=round(time.perf_counter() - t0, 4))
+                source_hash = _done(source_sha)
+            else:  # hashing overlaps decoding (hashlib and the decoders release the GIL)
+                source_hash = self._threads.submit(file_sha256, src)
             s = self.config.settings
             decoded = decode(src, self.config.max_pixels, self.retoucher.info.rendition, half_size=s.half_size)
             pixels = decoded.pixels
@@ -159,12 +165,14 @@ class ImageProcessor:
             lap("encode")
             if os.path.realpath(task.output) == os.path.realpath(src):
                 raise DecodeError("refusing to overwrite the source with its output")
+            out_hash = self._threads.submit(_sha256_bytes, data)  # overlaps the write
             try:
                 write_atomic(task.output, data, output_mode(src))
             except OSError as e:
                 raise DecodeError(f"cannot write output {task.output}: {e.strerror or e}") from None
-            out_sha = _sha256_bytes(data)
+            out_sha = out_hash.result()
             lap("write")
+            source_sha = source_hash.result()
             return self._row(task, "ok", source_sha256=source_sha, output_sha256=out_sha, strengths=strengths,
                              width=w, height=h, seconds=round(time.perf_counter() - t0, 4),
                              timings=json.dumps(timings))
@@ -181,6 +189,12 @@ class ImageProcessor:
             msg = str(e).splitlines()[0][:200] if str(e) else ""
             return self._row(task, "error", error=f"{src}: internal error {type(e).__name__}: {msg}",
                              output_path=None)
+
+
+def _done(value) -> Future:
+    f: Future = Future()
+    f.set_result(value)
+    return f
 
 
 def _sha256_bytes(data: bytes) -> str:
