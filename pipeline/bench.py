@@ -139,12 +139,12 @@ def bench_size(retoucher: Retoucher, megapixels: float, photo, codecs, reference
         with PeakRSS() as model_mem:
             predict_s, s = _timed(lambda: retoucher.predict(px), repeat=2)
             bake_s, lut = _timed(lambda: retoucher.lut(s), repeat=2)
-            apply_s, _ = _timed(lambda: retoucher.render(px, s, out=scratch, lut=lut), repeat=2)
+            apply_s, _ = _timed(lambda buf=scratch: retoucher.render(px, s, out=buf, lut=lut), repeat=2)
             t = time.perf_counter()
             retoucher.render(px, s, out=px, lut=lut)
             apply_s = min(apply_s, time.perf_counter() - t)
         scratch_mib = scratch.nbytes / 2**20
-        del scratch
+        scratch = None  # freed before encoding
         enc, size = {}, {}
         for c in codecs:
             enc[c], data = _timed(lambda c=c: encode(px, "tiff16", tiff_compression=c, threads=torch.get_num_threads()))
