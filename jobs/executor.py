@@ -47,7 +47,7 @@ class _Worker:
 
     def __init__(self, config: WorkerConfig):
         self.processor = ImageProcessor(config)
-        self.processor.warm_up()
+        self.processor.retoucher.warm_up()
 
     def process(self, task: ImageTask) -> LedgerRow:
         return self.processor.process(task)

@@ -13,8 +13,6 @@ import time
 from dataclasses import asdict, dataclass, field
 
 
-import numpy as np
-
 from pipeline.checkpoint import file_sha256, load_checkpoint
 from pipeline.imageio import DEFAULT_MAX_PIXELS, DecodeError, decode, encode, write_atomic
 from pipeline.lut import DEFAULT_LUT_SIZE
@@ -92,11 +90,6 @@ class ImageProcessor:
         self.retoucher = Retoucher(loaded, lut_size=config.settings.lut_size, device=config.device)
         self.settings_json = config.settings.to_json()
         self._threads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="hash")
-
-    def warm_up(self) -> None:
-        """Compile the kernels and let torch allocate once, so the first image is not slower than the rest."""
-        probe = np.full((64, 96, 3), 30000, np.uint16)
-        self.retoucher.render(probe, self.retoucher.predict(probe), out=probe)
 
     def _row(self, task: ImageTask, status: str, **kw) -> LedgerRow:
         info = self.retoucher.info

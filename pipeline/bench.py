@@ -20,7 +20,6 @@ import torch
 
 from .checkpoint import load_checkpoint
 from .imageio import decode, encode, write_atomic
-from .lut import apply_lut_u16
 from .metrics import psnr
 from .render import Retoucher
 
@@ -124,7 +123,7 @@ def _timed(fn, repeat: int = 1):
 
 
 def bench_size(retoucher: Retoucher, megapixels: float, photo, codecs, reference_max_mp: float,
-               workdir: str, log=print) -> SizeResult:
+               workdir: str) -> SizeResult:
     import tifffile
     src = test_image(megapixels, photo)
     h, w = src.shape[:2]
@@ -174,9 +173,8 @@ def bench_size(retoucher: Retoucher, megapixels: float, photo, codecs, reference
 def _bench_in_child(weights, lut_size, threads, mp, photo, codecs, reference_max_mp, workdir) -> dict:
     torch.set_num_threads(threads)
     r = Retoucher(load_checkpoint(weights), lut_size=lut_size)
-    warm = test_image(0.01)
-    apply_lut_u16(warm, r.lut(r.predict(warm)))  # compile and warm up outside the timings
-    return asdict(bench_size(r, mp, photo, codecs, reference_max_mp, workdir, log=lambda *_: None))
+    r.warm_up()  # compile and allocate outside the timings
+    return asdict(bench_size(r, mp, photo, codecs, reference_max_mp, workdir))
 
 
 HEADER = (f"{'MP':>5} {'size':>11} {'decode':>7} {'predict':>8} {'bake':>6} {'apply':>6} {'model':>6} "

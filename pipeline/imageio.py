@@ -213,6 +213,13 @@ def _decode_tiff(path: str, max_pixels: int) -> Decoded:
     return Decoded(px)
 
 
+def _is_srgb(profile) -> bool:
+    """Tagged sRGB (by its description): the pixels are already in the working space."""
+    from PIL import ImageCms
+    desc = (ImageCms.getProfileDescription(profile) or "").lower()
+    return "srgb" in desc or "iec61966" in desc
+
+
 def _icc_to_srgb_16(px: np.ndarray, icc: bytes) -> np.ndarray:
     """Convert 16-bit pixels tagged with a non-sRGB ICC profile to sRGB.
 
@@ -225,8 +232,7 @@ def _icc_to_srgb_16(px: np.ndarray, icc: bytes) -> np.ndarray:
         src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
     except Exception:
         raise DecodeError("embedded ICC profile is unreadable") from None
-    desc = (ImageCms.getProfileDescription(src) or "").lower()
-    if "srgb" in desc or "iec61966" in desc:
+    if _is_srgb(src):
         return px
     if src.profile.xcolor_space.strip().upper() != "RGB":
         raise DecodeError(f"embedded ICC profile is for {src.profile.xcolor_space.strip()}, not RGB")
@@ -263,8 +269,7 @@ def _decode_pillow(path: str, max_pixels: int) -> Decoded:
             if icc:
                 try:
                     src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-                    desc = (ImageCms.getProfileDescription(src) or "").lower()
-                    if "srgb" not in desc:
+                    if not _is_srgb(src):
                         dst = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
                         im = ImageCms.profileToProfile(im, src, dst, outputMode="RGB")
                 except ImageCms.PyCMSError:

@@ -56,6 +56,11 @@ class Retoucher:
         thumb = thumbnail(pixels, self.info.prediction_size).to(self.device)
         return self.model.predict_strengths(thumb, self.lut_size)[0].float().cpu().numpy()
 
+    def warm_up(self) -> None:
+        """Compile the kernels and let torch allocate once, so the first real image is not slower than the rest."""
+        probe = np.full((64, 96, 3), 30000, np.uint16)
+        self.render(probe, self.predict(probe), out=probe)
+
     def lut(self, strengths) -> np.ndarray:
         return bake_lut(self.model, strengths, self.lut_size)
 
