@@ -49,16 +49,76 @@ def _trilinear(lut, fr, fg, fb, c):
     return min(max(v, np.float32(0.0)), one)
 
 
-@njit(parallel=True, cache=True)
-def _apply_u16(src, lut, dst):
-    scale = np.float32((lut.shape[0] - 1) / 65535.0)
+@njit(inline="always", fastmath=True, error_model="numpy")
+def _cell(v, scale, top, stride):
+    """Grid coordinate of v * scale: (table offset of the lower corner along this axis, fraction in that cell);
+    the top grid value falls in the last cell, with fraction 1."""
+    f = v * scale
+    i = min(np.floor(f), top)
+    return np.uint32(i) * stride, f - i
+
+
+@njit(parallel=True, fastmath=True, error_model="numpy", cache=True)
+def _apply_u16(src, flat, n, dst):
+    """Trilinear through the flattened (n, n, n, 3) table, row by row, uint16 in and out (in place allowed).
+
+    Each row is done in two passes: cell offsets and fractions first, then the lookups, one channel at a time.
+    Unsigned offsets spare the compiler negative-index checks, so the lookup loop is vectorized; together
+    that is ~1.6x faster than one pass per pixel.
+    """
+    sr, sg, sb = np.uint32(n * n * 3), np.uint32(n * 3), np.uint32(3)
+    scale = np.float32((n - 1) / 65535.0)
+    top = np.float32(n - 2)
+    zero, one, full, half = np.float32(0.0), np.float32(1.0), np.float32(65535.0), np.float32(0.5)
+    width = src.shape[1]
     for y in prange(src.shape[0]):
-        for x in range(src.shape[1]):
-            fr = np.float32(src[y, x, 0]) * scale
-            fg = np.float32(src[y, x, 1]) * scale
-            fb = np.float32(src[y, x, 2]) * scale
+        base = np.empty(width, np.uint32)
+        wr = np.empty(width, np.float32)
+        wg = np.empty(width, np.float32)
+        wb = np.empty(width, np.float32)
+        row = src[y]
+        for x in range(width):
+            ir, wr[x] = _cell(np.float32(row[x, 0]), scale, top, sr)
+            ig, wg[x] = _cell(np.float32(row[x, 1]), scale, top, sg)
+            ib, wb[x] = _cell(np.float32(row[x, 2]), scale, top, sb)
+            base[x] = ir + ig + ib
+        out = dst[y]
+        for c in range(3):
+            for x in range(width):
+                v = _lerp8(flat, base[x] + np.uint32(c), sr, sg, sb, wr[x], wg[x], wb[x])
+                out[x, c] = np.uint16(min(max(v, zero), one) * full + half)
+
+
+@njit(inline="always", fastmath=True, error_model="numpy")
+def _lerp8(flat, i, sr, sg, sb, dr, dg, db):
+    c00 = flat[i] + (flat[i + sr] - flat[i]) * dr
+    c01 = flat[i + sb] + (flat[i + sr + sb] - flat[i + sb]) * dr
+    c10 = flat[i + sg] + (flat[i + sr + sg] - flat[i + sg]) * dr
+    c11 = flat[i + sg + sb] + (flat[i + sr + sg + sb] - flat[i + sg + sb]) * dr
+    c0 = c00 + (c10 - c00) * dg
+    c1 = c01 + (c11 - c01) * dg
+    return c0 + (c1 - c0) * db
+
+
+@njit(parallel=True, fastmath=True, error_model="numpy", cache=True)
+def _apply_planar_f32(src, flat, n, lo, hi, dst):
+    """(3, H, W) float32 -> (3, H, W) through a table sampled over [lo, hi]^3, not clamped (predictor thumbnails)."""
+    sr, sg, sb = np.uint32(n * n * 3), np.uint32(n * 3), np.uint32(3)
+    scale = np.float32((n - 1) / (hi - lo))
+    top = np.float32(n - 2)
+    flo, fmax = np.float32(lo), np.float32(n - 1)
+    width = src.shape[2]
+    for y in prange(src.shape[1]):
+        for x in range(width):
+            fr = min(max((src[0, y, x] - flo) * scale, np.float32(0.0)), fmax)
+            fg = min(max((src[1, y, x] - flo) * scale, np.float32(0.0)), fmax)
+            fb = min(max((src[2, y, x] - flo) * scale, np.float32(0.0)), fmax)
+            ir, dr = _cell(fr, np.float32(1.0), top, sr)
+            ig, dg = _cell(fg, np.float32(1.0), top, sg)
+            ib, db = _cell(fb, np.float32(1.0), top, sb)
+            i = ir + ig + ib
             for c in range(3):
-                dst[y, x, c] = np.uint16(_trilinear(lut, fr, fg, fb, c) * np.float32(65535.0) + np.float32(0.5))
+                dst[c, y, x] = _lerp8(flat, i + np.uint32(c), sr, sg, sb, dr, dg, db)
 
 
 @njit(parallel=True, cache=True)
@@ -73,19 +133,29 @@ def _apply_f32(src, lut, dst):
                 dst[y, x, c] = _trilinear(lut, fr, fg, fb, c)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, error_model="numpy", cache=True)
 def box_average_u16(src, k, dst):
-    """dst[y, x] = mean of the k x k block of uint16 src at (y, x), scaled to [0, 1]: a cheap exact box filter."""
+    """dst[y, x] = mean of the k x k block of uint16 src at (y, x), scaled to [0, 1]: a cheap exact box filter.
+
+    Whole source rows are summed into an integer row (sequential, vectorized reads; exact sums; k <= 256 keeps
+    them in 32 bits), then cut into blocks.
+    """
     h, w = dst.shape[0], dst.shape[1]
-    scale = 1.0 / (k * k * 65535.0)
+    scale = np.float32(1.0 / (k * k * 65535.0))
+    rows = src.reshape(src.shape[0], -1)
+    used = np.uint64(w * k * 3)  # an unsigned bound spares the negative-index checks that block vectorizing
     for y in prange(h):
+        acc = np.zeros(w * k * 3, np.uint32)
+        for dy in range(k):
+            row = rows[y * k + dy]
+            for j in range(used):
+                acc[j] += row[j]
         for x in range(w):
             for c in range(3):
-                acc = 0.0
-                for dy in range(k):
-                    for dx in range(k):
-                        acc += src[y * k + dy, x * k + dx, c]
-                dst[y, x, c] = acc * scale
+                total = np.uint32(0)
+                for dx in range(k):
+                    total += acc[(x * k + dx) * 3 + c]
+                dst[y, x, c] = np.float32(total) * scale
 
 
 def apply_lut_u16(pixels: np.ndarray, lut: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -93,7 +163,8 @@ def apply_lut_u16(pixels: np.ndarray, lut: np.ndarray, out: np.ndarray | None = 
     if pixels.dtype != np.uint16 or pixels.ndim != 3 or pixels.shape[2] != 3:
         raise ValueError(f"expected (H, W, 3) uint16 pixels, got {pixels.shape} {pixels.dtype}")
     out = np.empty_like(pixels) if out is None else out
-    _apply_u16(pixels, np.ascontiguousarray(lut, dtype=np.float32), out)
+    table = np.ascontiguousarray(lut, dtype=np.float32)
+    _apply_u16(pixels, table.reshape(-1), table.shape[0], out)
     return out
 
 
@@ -103,6 +174,20 @@ def apply_lut_f32(pixels: np.ndarray, lut: np.ndarray) -> np.ndarray:
     out = np.empty_like(pixels)
     _apply_f32(pixels, np.ascontiguousarray(lut, dtype=np.float32), out)
     return out
+
+
+def apply_lut_planar(image: torch.Tensor, lut: torch.Tensor, domain: tuple[float, float]) -> torch.Tensor:
+    """(3, H, W) float32 through (N, N, N, 3) ``lut`` sampled over ``domain``^3, not clamped (predictor inputs).
+
+    A compiled loop on the CPU (5x faster than grid_sample there), grid_sample elsewhere.
+    """
+    if image.device.type != "cpu":
+        return apply_lut_torch(image[None], lut, clamp=False, domain=domain)[0]
+    src = np.ascontiguousarray(image.float().numpy())
+    table = np.ascontiguousarray(lut.float().numpy())
+    out = np.empty_like(src)
+    _apply_planar_f32(src, table.reshape(-1), table.shape[0], np.float32(domain[0]), np.float32(domain[1]), out)
+    return torch.from_numpy(out)
 
 
 def apply_lut_torch(pixels: torch.Tensor, lut: torch.Tensor, clamp: bool = True,

@@ -25,10 +25,10 @@ def thumbnail(pixels: np.ndarray, long_side: int) -> torch.Tensor:
     h, w = pixels.shape[:2]
     if max(h, w) <= long_side:
         return torch.from_numpy(pixels.astype(np.float32) / 65535.0).permute(2, 0, 1).unsqueeze(0)
-    k = max(1, min(max(h, w) // (2 * long_side), min(h, w)))
+    k = max(1, min(max(h, w) // (2 * long_side), min(h, w), 256))  # 256: integer block sums stay in 32 bits
     if k > 1:
         small = np.empty((h // k, w // k, 3), np.float32)
-        box_average_u16(pixels, k, small)
+        box_average_u16(np.ascontiguousarray(pixels), k, small)
     else:
         small = pixels.astype(np.float32) / 65535.0
     t = torch.from_numpy(np.ascontiguousarray(small)).permute(2, 0, 1).unsqueeze(0)

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from pipeline.checkpoint import load_checkpoint
-from pipeline.lut import apply_lut_f32, apply_lut_torch, apply_lut_u16, bake_lut, identity_grid
+from pipeline.lut import (apply_lut_f32, apply_lut_planar, apply_lut_torch, apply_lut_u16, bake_lut, box_average_u16,
+                          identity_grid)
 from pipeline.metrics import psnr
 from pipeline.render import Retoucher, thumbnail
 
@@ -52,6 +53,34 @@ def test_torch_lut_path_matches_numba_path():
     a = apply_lut_f32(px, lut)
     b = apply_lut_torch(torch.from_numpy(px).permute(2, 0, 1)[None], torch.from_numpy(lut))[0].permute(1, 2, 0)
     assert np.abs(a - b.numpy()).max() < 1e-5
+
+
+def test_uint16_kernel_matches_float_kernel_on_every_cell():
+    """Random colours reach every LUT cell, the top grid value included."""
+    lut = bake_lut(load_checkpoint(None).model, [0.3, 0.5, -0.2], 17)
+    px = np.random.default_rng(0).integers(0, 65536, (64, 257, 3), dtype=np.uint16)
+    px[0, :8] = [[65535, 65535, 65535], [0, 0, 0], [65535, 0, 32768], [1, 65534, 2]] * 2
+    ref = np.clip(apply_lut_f32(px.astype(np.float32) / 65535, lut), 0, 1) * 65535
+    assert np.abs(apply_lut_u16(px, lut).astype(np.float64) - ref).max() <= 0.51
+
+
+def test_planar_kernel_matches_grid_sample_over_a_domain():
+    """The predictor's intermediates: a LUT sampled over [lo, hi], values outside [0, 1] kept."""
+    lut = torch.from_numpy(bake_lut(load_checkpoint(None).model, [0.3, 0.5, -0.2], 17)) * 1.3 - 0.1
+    img = torch.from_numpy(np.random.default_rng(1).uniform(-0.05, 1.1, (3, 41, 67)).astype(np.float32))
+    a = apply_lut_planar(img, lut, (-0.05, 1.1))
+    b = apply_lut_torch(img[None], lut, clamp=False, domain=(-0.05, 1.1))[0]
+    assert a.shape == img.shape and float((a - b).abs().max()) < 1e-5 and float(a.max()) > 1.0
+
+
+def test_box_average_equals_block_means():
+    px = np.random.default_rng(2).integers(0, 65536, (37, 53, 3), dtype=np.uint16)
+    for k in (1, 3, 5):
+        out = np.empty((37 // k, 53 // k, 3), np.float32)
+        box_average_u16(px, k, out)
+        h, w = out.shape[:2]
+        ref = px[:h * k, :w * k].reshape(h, k, w, k, 3).mean(axis=(1, 3)) / 65535
+        assert np.abs(out - ref).max() < 1e-6
 
 
 def test_thumbnail_is_resolution_independent_and_exact_when_small():

@@ -109,6 +109,19 @@ def test_official_checkpoint_reproduces_an_independent_numpy_forward(name):
     assert loaded.info.operators == ("bc", "ex", "vb") and len(loaded.weights_sha256) == 64
 
 
+def test_per_pixel_colour_function_equals_the_independent_numpy_forward():
+    """render_pixels folds encoder and mid layer into one affine map per strength: same result as the network."""
+    path = need_shared("weights", "neurop-official", "neurop_fivek_lite.pth")
+    from PIL import Image
+    img = np.asarray(Image.open(need_shared("data", "fivek-pairs", "input", "a0481.png")).convert("RGB"),
+                     dtype=np.float32)[::4, ::4] / 255.0
+    ref_out, ref_s = numpy_neurop(torch.load(path, weights_only=True), img)
+    with torch.no_grad():
+        out = load_checkpoint(path).model.render_pixels(torch.from_numpy(img.reshape(-1, 3)),
+                                                        torch.from_numpy(ref_s.astype(np.float32)))
+    assert np.abs(out.numpy().reshape(img.shape) - ref_out).max() < 1e-4
+
+
 def test_own_format_round_trip_keeps_metadata(tmp_path):
     torch.manual_seed(1)
     m = NeurOp()

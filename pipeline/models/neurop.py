@@ -31,10 +31,16 @@ class NeuralOperator(nn.Module):
         return self.decoder(F.leaky_relu(self.mid_conv(code), 0.01))
 
     def forward_pixels(self, rgb: torch.Tensor, strength: torch.Tensor | float) -> torch.Tensor:
-        """rgb (N, 3) -> (N, 3) for one scalar strength; the same maths as ``forward`` on a pixel list."""
-        code = F.linear(rgb, self.encoder.weight.flatten(1), self.encoder.bias) + strength
-        code = F.leaky_relu(F.linear(code, self.mid_conv.weight.flatten(1), self.mid_conv.bias), 0.01)
-        return F.linear(code, self.decoder.weight.flatten(1), self.decoder.bias)
+        """rgb (N, 3) -> (N, 3) for one scalar strength; the same maths as ``forward`` on a pixel list.
+
+        No activation separates the encoder from the mid layer, so for a given strength the two fold into one
+        3 -> 64 affine map: 12x fewer multiply-adds per pixel, equal up to float rounding (tests/test_model.py).
+        """
+        mid = self.mid_conv.weight.flatten(1)
+        weight = mid @ self.encoder.weight.flatten(1)
+        bias = mid @ (self.encoder.bias + strength) + self.mid_conv.bias
+        hidden = F.leaky_relu(F.linear(rgb, weight, bias), 0.01)
+        return F.linear(hidden, self.decoder.weight.flatten(1), self.decoder.bias)
 
 
 class ImageEncoder(nn.Module):
@@ -108,7 +114,7 @@ class NeurOp(nn.Module):
         """
         if lut_size is None:
             return self.forward(thumbnail)[1]
-        from ..lut import apply_lut_torch, identity_grid
+        from ..lut import apply_lut_planar, identity_grid
         unit = identity_grid(lut_size).to(thumbnail.device, thumbnail.dtype)
         strengths = []
         for i, op in enumerate(OPERATORS):
@@ -121,9 +127,8 @@ class NeurOp(nn.Module):
                     lo, hi = float(thumbnail[b].min()), float(thumbnail[b].max())
                     hi = max(hi, lo + 1e-3)
                     lut = self.renderer(op).forward_pixels(lo + unit * (hi - lo), v[b])
-                    outs.append(apply_lut_torch(thumbnail[b:b + 1], lut.reshape((lut_size,) * 3 + (3,)),
-                                                clamp=False, domain=(lo, hi)))
-                thumbnail = torch.cat(outs)
+                    outs.append(apply_lut_planar(thumbnail[b], lut.reshape((lut_size,) * 3 + (3,)), (lo, hi)))
+                thumbnail = torch.stack(outs)
         return torch.stack(strengths, dim=1)
 
     def render(self, image: torch.Tensor, strengths: torch.Tensor) -> torch.Tensor:
