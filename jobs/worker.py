@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 
 
 from pipeline.checkpoint import file_sha256, load_checkpoint
-from pipeline.imageio import DEFAULT_MAX_PIXELS, DecodeError, decode, encode, write_atomic
+from pipeline.imageio import DEFAULT_MAX_PIXELS, DecodeError, decode, encode_to, write_atomic
 from pipeline.lut import DEFAULT_LUT_SIZE
 from pipeline.render import Retoucher
 
@@ -151,19 +151,19 @@ class ImageProcessor:
             lap("bake")
             self.retoucher.render(pixels, strengths, out=pixels, lut=lut)  # in place: no second full-res buffer
             lap("apply")
-            data = encode(pixels, s.output_format, jpeg_quality=s.jpeg_quality,
-                          exif=None if s.strip_metadata else decoded.exif, tiff_compression=s.tiff_compression,
-                          threads=self.config.threads)
-            del pixels, decoded
-            lap("encode")
             if os.path.realpath(task.output) == os.path.realpath(src):
                 raise DecodeError("refusing to overwrite the source with its output")
-            out_hash = self._threads.submit(_sha256_bytes, data)  # overlaps the write
-            try:
-                write_atomic(task.output, data, output_mode(src))
+
+            def write_output(f) -> None:
+                encode_to(f, pixels, s.output_format, jpeg_quality=s.jpeg_quality,
+                          exif=None if s.strip_metadata else decoded.exif, tiff_compression=s.tiff_compression,
+                          threads=self.config.threads)
+            try:  # encoded straight into the file; its hash is read back while the file is synced
+                out_sha = write_atomic(task.output, write_output, output_mode(src), digest=self._threads,
+                                       on_written=lambda: lap("encode"))
             except OSError as e:
                 raise DecodeError(f"cannot write output {task.output}: {e.strerror or e}") from None
-            out_sha = out_hash.result()
+            del pixels, decoded
             lap("write")
             source_sha = source_hash.result()
             return self._row(task, "ok", source_sha256=source_sha, output_sha256=out_sha, strengths=strengths,
@@ -188,8 +188,3 @@ def _done(value) -> Future:
     f: Future = Future()
     f.set_result(value)
     return f
-
-
-def _sha256_bytes(data: bytes) -> str:
-    import hashlib
-    return hashlib.sha256(data).hexdigest()

@@ -9,8 +9,11 @@ import functools
 import io
 import os
 import uuid
+from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -297,33 +300,39 @@ def _decode_png16(path: str, icc: bytes | None, orientation: int, exif: bytes | 
 
 def encode(pixels: np.ndarray, fmt: str, *, jpeg_quality: int = 95, exif: bytes | None = None,
            tiff_compression: str | None = None, threads: int = 1) -> bytes:
-    """(H, W, 3) uint16 -> file bytes in ``fmt`` with an sRGB ICC profile.
+    """(H, W, 3) uint16 -> file bytes in ``fmt`` with an sRGB ICC profile (see ``encode_to``)."""
+    buf = io.BytesIO()
+    encode_to(buf, pixels, fmt, jpeg_quality=jpeg_quality, exif=exif, tiff_compression=tiff_compression,
+              threads=threads)
+    return buf.getvalue()
+
+
+def encode_to(f: BinaryIO, pixels: np.ndarray, fmt: str, *, jpeg_quality: int = 95, exif: bytes | None = None,
+              tiff_compression: str | None = None, threads: int = 1) -> None:
+    """Write ``pixels`` as a ``fmt`` file with an sRGB ICC profile into the binary file object ``f``.
 
     Compressed TIFFs are cut into 128-row strips that ``threads`` threads compress in parallel.
     """
     icc = srgb_icc_profile()
     if fmt == "tiff16":
         import tifffile
-        buf = io.BytesIO()
         kw = {}
         if tiff_compression and tiff_compression != "none":
             kw = {"compression": tiff_compression, "predictor": True, "rowsperstrip": 128,
                   "maxworkers": max(1, threads)}
-        tifffile.imwrite(buf, pixels, photometric="rgb", iccprofile=icc, metadata=None, **kw)
-        return buf.getvalue()
+        tifffile.imwrite(f, pixels, photometric="rgb", iccprofile=icc, metadata=None, **kw)
+        return
     from PIL import Image
     eight = to_uint8(pixels)
-    buf = io.BytesIO()
     if fmt == "jpeg":
         kw = {"quality": jpeg_quality, "subsampling": 0, "icc_profile": icc}
         if exif:
             kw["exif"] = _exif_without_orientation(exif)
-        Image.fromarray(eight, "RGB").save(buf, "JPEG", **kw)
+        Image.fromarray(eight, "RGB").save(f, "JPEG", **kw)
     elif fmt == "png":
-        Image.fromarray(eight, "RGB").save(buf, "PNG", icc_profile=icc, compress_level=6)
+        Image.fromarray(eight, "RGB").save(f, "PNG", icc_profile=icc, compress_level=6)
     else:
         raise ValueError(f"unknown output format {fmt!r}; choose from {', '.join(OUTPUT_FORMATS)}")
-    return buf.getvalue()
 
 
 def to_uint8(pixels: np.ndarray) -> np.ndarray:
@@ -346,20 +355,36 @@ def _exif_without_orientation(exif: bytes) -> bytes:
 TEMP_PREFIX = ".retouch-tmp-"
 
 
-def write_atomic(path: str, data: bytes, mode: int | None = None) -> None:
-    """Write to a temporary file beside ``path``, fsync, then rename: a reader never sees half a file."""
+def write_atomic(path: str, data: bytes | Callable[[BinaryIO], None], mode: int | None = None,
+                 digest: Executor | None = None, on_written: Callable[[], None] | None = None) -> str | None:
+    """Write to a temporary file beside ``path``, fsync, then rename: a reader never sees half a file.
+
+    ``data`` is the file's bytes, or a function that writes them into the file object it is given (an encoder
+    streaming straight into the file, with no copy of the encoded image in memory). With ``digest``, the SHA-256
+    of the written file is computed on that executor while the file is being synced, and returned.
+    ``on_written`` is called once the bytes are handed to the OS, before the sync (for stage timings).
+    """
     d = os.path.dirname(path) or "."
     os.makedirs(d, exist_ok=True)
     tmp = os.path.join(d, f"{TEMP_PREFIX}{uuid.uuid4().hex}-{os.path.basename(path)}")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666 if mode is None else mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        create = 0o666 if mode is None else mode
+        with open(tmp, "xb", opener=lambda p, flags: os.open(p, flags, create)) as f:  # f.name: encoders want a path
+            if callable(data):
+                data(f)
+            else:
+                f.write(data)
             f.flush()
+            if on_written is not None:
+                on_written()
+            from .checkpoint import file_sha256
+            sha = digest.submit(file_sha256, tmp) if digest is not None else None
             os.fsync(f.fileno())
         if mode is not None:
             os.chmod(tmp, mode)
+        result = sha.result() if sha is not None else None
         os.replace(tmp, path)
+        return result
     except BaseException:
         try:
             os.unlink(tmp)

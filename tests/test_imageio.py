@@ -154,6 +154,27 @@ def test_write_atomic_leaves_no_temporary(tmp_path):
     assert oct(os.stat(tmp_path / "o.tif").st_mode & 0o777) == oct(0o640)
 
 
+def test_streamed_write_equals_encoded_bytes_and_returns_the_file_hash(tmp_path):
+    import hashlib
+    from concurrent.futures import ThreadPoolExecutor
+    from pipeline.imageio import encode_to
+    px = synthetic_photo(120, 80)
+    with ThreadPoolExecutor(1) as pool:
+        sha = write_atomic(str(tmp_path / "o.tif"), lambda f: encode_to(f, px, "tiff16"), digest=pool)
+    data = (tmp_path / "o.tif").read_bytes()
+    assert data == encode(px, "tiff16") and sha == hashlib.sha256(data).hexdigest()
+    assert os.listdir(tmp_path) == ["o.tif"]
+
+
+def test_failed_streamed_write_leaves_nothing(tmp_path):
+    def broken(f):
+        f.write(b"half a file")
+        raise ValueError("encoder failed")
+    with pytest.raises(ValueError):
+        write_atomic(str(tmp_path / "o.tif"), broken)
+    assert os.listdir(tmp_path) == []
+
+
 def test_compressed_tiffs_are_lossless():
     px = synthetic_photo(300, 200)
     for codec in ("zstd", "zlib", "lzw"):
