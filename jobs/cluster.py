@@ -33,8 +33,13 @@ def connect(address: str | None) -> bool:
     return True
 
 
-def plan(requested_workers: int | None, device: str = "auto") -> Placement:
-    """One worker per GPU when the cluster has GPUs, else one per CPU; never ask for a GPU that does not exist."""
+def plan(requested_workers: int | None, device: str = "auto", cpus_per_worker: int | None = None) -> Placement:
+    """One worker per GPU when the cluster has GPUs, else one per ``cpus_per_worker`` CPUs (default 1).
+
+    A CPU worker claims its CPUs from Ray and runs exactly that many compute threads, so a worker never uses
+    cores Ray has given to someone else, and throughput grows with workers. Never ask for a GPU that does not
+    exist; when more workers are asked for than the CPUs allow, each claims an equal share so all can start.
+    """
     import ray
     res = ray.cluster_resources()
     gpus = int(res.get("GPU", 0))
@@ -42,11 +47,13 @@ def plan(requested_workers: int | None, device: str = "auto") -> Placement:
     use_gpu = gpus > 0 and device in ("auto", "cuda")
     if device == "cuda" and gpus == 0:
         raise RuntimeError("--device cuda, but the Ray cluster has no GPUs")
-    workers = requested_workers or (gpus if use_gpu else int(cpus))
-    workers = max(1, workers)
-    cpus_per = min(1.0, cpus / workers)
     nodes = max(1, len([n for n in ray.nodes() if n.get("Alive")]))
-    threads = max(1, int(cpus / nodes) // max(1, -(-workers // nodes)))
     if use_gpu:
-        return Placement(workers, min(1.0, gpus / workers), cpus_per, threads, "cuda")
-    return Placement(workers, 0.0, cpus_per, threads, "cpu")
+        workers = max(1, requested_workers or gpus)
+        # a GPU worker decodes and encodes on the CPU: it gets its node's cores shared among that node's workers
+        threads = cpus_per_worker or max(1, int(cpus / nodes) // max(1, -(-workers // nodes)))
+        return Placement(workers, min(1.0, gpus / workers), min(float(threads), cpus / workers), threads, "cuda")
+    per = max(1, cpus_per_worker or 1)
+    workers = max(1, requested_workers or int(cpus // per) or 1)
+    claim = min(float(per), cpus / workers)
+    return Placement(workers, 0.0, claim, max(1, int(claim)) if claim >= 1 else 1, "cpu")

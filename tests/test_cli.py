@@ -252,3 +252,18 @@ def test_example_manifests_point_at_the_shared_data(tmp_path):
     for name, n in (("shared-photos.csv", 33), ("shared-raw.csv", 3)):
         m = load_manifest(str(ROOT / "manifests" / "examples" / name), str(tmp_path))
         assert len(m.entries) == n and all(os.path.isfile(e.source) for e in m.entries)
+
+
+def test_a_cpu_worker_runs_as_many_threads_as_cpus_it_claims(ray_cluster):
+    """Ray's accounting holds: threads per worker = CPUs claimed, so workers never share a core unasked."""
+    from jobs.cluster import plan
+    cpus = int(ray_cluster.cluster_resources()["CPU"])
+    default = plan(None, "cpu")
+    assert (default.workers, default.cpus_per_worker, default.threads_per_worker) == (cpus, 1.0, 1)
+    one = plan(1, "cpu")
+    assert (one.workers, one.cpus_per_worker, one.threads_per_worker) == (1, 1.0, 1)
+    wide = plan(None, "cpu", cpus_per_worker=cpus)
+    assert (wide.workers, wide.cpus_per_worker, wide.threads_per_worker) == (1, float(cpus), cpus)
+    crowded = plan(4 * cpus, "cpu")  # more workers than CPUs: equal shares, so every one can start
+    assert crowded.workers == 4 * cpus and crowded.cpus_per_worker * crowded.workers <= cpus
+    assert crowded.threads_per_worker == 1
