@@ -21,3 +21,16 @@ for codec in none zstd; do
   summary=$(retouch-batch run "$work/m.csv" --out "$work/rb-$codec" --tiff-compression $codec --no-progress 2>/dev/null | tail -1)
   echo "retouch-batch run (--tiff-compression $codec): $summary"
 done
+# share of worker time per stage over the 8 images (the model = predict + bake + apply)
+python - "$work/rb-none/ledger" <<'PY'
+import json, sys
+from jobs.ledger import read_ledger
+stages = {}
+for row in read_ledger(sys.argv[1]):
+    for k, v in json.loads(row.timings).items():
+        stages[k] = stages.get(k, 0.0) + v
+total = sum(stages.values())
+model = sum(stages.get(k, 0.0) for k in ("predict", "bake", "apply"))
+print("worker time (uncompressed run): " + ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in stages.items())
+      + f"; model {100 * model / total:.1f}% of {total:.2f} worker-seconds")
+PY
