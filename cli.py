@@ -255,14 +255,20 @@ def train(pairs, out, init, init_operators, iters, lr, trainable, val, val_ids, 
 @click.option("--photo", type=click.Path(dir_okay=False, exists=True), default=None,
               help="Photo to scale to each size (default: scikit-image's astronaut).")
 @click.option("--json", "json_path", default="bench.json", show_default=True, type=click.Path(dir_okay=False))
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="Also time the model stage on a GPU (auto: when torch sees one).")
 @user_errors
-def bench(sizes, weights, lut_size, codecs, reference_max_mp, photo, json_path):
+def bench(sizes, weights, lut_size, codecs, reference_max_mp, photo, json_path, device):
     """Time and peak memory per image size: decode, predict, bake, apply, encode; LUT vs the reference."""
     from manifests.manifest import example_photo_paths
     from pipeline.bench import run_bench
     photo = photo or next((p for p in example_photo_paths() if p.endswith("astronaut.png")), None)
+    import torch
+    if device == "cuda" and not torch.cuda.is_available():
+        raise click.ClickException("--device cuda, but torch sees no CUDA GPU")
+    accelerator = "cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else None
     run_bench([float(x) for x in sizes.split(",")], weights, lut_size, tuple(codecs.split(",")), reference_max_mp,
-              photo_path=photo, json_path=json_path, log=click.echo)
+              photo_path=photo, json_path=json_path, log=click.echo, device=accelerator)
     click.echo(f"-> {json_path}")
 
 

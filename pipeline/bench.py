@@ -79,6 +79,11 @@ class SizeResult:
     reference_s: float | None = None  # full-resolution network forward (predict + render), the reference's way
     reference_peak_mib: float | None = None
     speedup_vs_reference: float | None = None
+    device: str | None = None  # the same model stage on an accelerator (``--device``), when asked for
+    device_model_s: float | None = None  # predict + bake + apply of an image already in device memory
+    device_with_transfers_s: float | None = None  # host uint16 -> device -> rendered -> host uint16
+    device_peak_mib: float | None = None  # device memory, above what was allocated before
+    device_max_diff_steps: int | None = None  # against the CPU render, in 16-bit steps
 
 
 @dataclass
@@ -101,7 +106,7 @@ def machine_info() -> dict:
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
-def test_image(megapixels: float, photo: np.ndarray | None = None) -> np.ndarray:
+def photo_at_size(megapixels: float, photo: np.ndarray | None = None) -> np.ndarray:
     """A real photo (or a smooth gradient when none is given) resized to ``megapixels`` at 3:2, uint16."""
     from PIL import Image
     w = int(round((megapixels * 1e6 * 1.5) ** 0.5))
@@ -125,7 +130,7 @@ def _timed(fn, repeat: int = 1):
 def bench_size(retoucher: Retoucher, megapixels: float, photo, codecs, reference_max_mp: float,
                workdir: str) -> SizeResult:
     import tifffile
-    src = test_image(megapixels, photo)
+    src = photo_at_size(megapixels, photo)
     h, w = src.shape[:2]
     path = os.path.join(workdir, f"bench_{megapixels}.tif")
     tifffile.imwrite(path, src, photometric="rgb")
@@ -170,15 +175,80 @@ def bench_size(retoucher: Retoucher, megapixels: float, photo, codecs, reference
     return res
 
 
-def _bench_in_child(weights, lut_size, threads, mp, photo, codecs, reference_max_mp, workdir) -> dict:
+def bench_device(retoucher: Retoucher, pixels: np.ndarray, cpu_render: np.ndarray, repeat: int = 5) -> dict:
+    """The model stage on ``retoucher.device``: image already there, and from host uint16 back to host uint16.
+
+    The host side goes through one pinned staging buffer per direction, allocated outside the timings as a
+    long-running worker would keep them.
+    """
+    device = torch.device(retoucher.device)
+    cuda = device.type == "cuda"
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize(device)
+
+    host_in = torch.empty(pixels.shape, dtype=torch.uint16, pin_memory=cuda)
+    host_out = torch.empty(pixels.shape, dtype=torch.uint16, pin_memory=cuda)
+
+    def upload() -> torch.Tensor:
+        return (host_in.to(device, non_blocking=cuda).permute(2, 0, 1)[None].float() / 65535.0)
+
+    def download(image: torch.Tensor) -> np.ndarray:
+        steps = (image[0].permute(1, 2, 0) * 65535.0 + 0.5).to(torch.int32).to(torch.uint16)
+        host_out.copy_(steps, non_blocking=cuda)
+        sync()
+        return host_out.numpy()
+
+    def on_device(image):
+        out, _ = retoucher.retouch_tensor(image)
+        sync()
+        return out
+
+    def end_to_end():
+        host_in.numpy()[...] = pixels
+        return download(on_device(upload()))
+
+    host_in.numpy()[...] = pixels
+    image = upload()
+    on_device(image)  # warm-up: kernels, allocator
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device) if cuda else 0
+    model_s, _ = _timed(lambda: on_device(image), repeat=repeat)
+    peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20 if cuda else None
+    transfers_s, result = _timed(end_to_end, repeat=repeat)
+    diff = int(np.abs(result.astype(np.int32) - cpu_render.astype(np.int32)).max())
+    return dict(device=str(device), device_model_s=round(model_s, 5), device_with_transfers_s=round(transfers_s, 5),
+                device_peak_mib=None if peak is None else round(peak, 1), device_max_diff_steps=diff)
+
+
+def _bench_in_child(weights, lut_size, threads, mp, photo, codecs, reference_max_mp, workdir, device=None) -> dict:
     torch.set_num_threads(threads)
     r = Retoucher(load_checkpoint(weights), lut_size=lut_size)
     r.warm_up()  # compile and allocate outside the timings
-    return asdict(bench_size(r, mp, photo, codecs, reference_max_mp, workdir))
+    res = bench_size(r, mp, photo, codecs, reference_max_mp, workdir)
+    if device:
+        src = photo_at_size(mp, photo)
+        cpu_render = r.render(src, r.predict(src))
+        on = Retoucher(load_checkpoint(weights, device=device), lut_size=lut_size, device=device)
+        for k, v in bench_device(on, src, cpu_render).items():
+            setattr(res, k, v)
+    return asdict(res)
 
 
 HEADER = (f"{'MP':>5} {'size':>11} {'decode':>7} {'predict':>8} {'bake':>6} {'apply':>6} {'model':>6} "
           f"{'encode':>24} {'peak MiB':>9} {'LUT dB':>7} {'reference':>10} {'ratio':>7}")
+
+
+DEVICE_HEADER = (f"{'MP':>5} {'device':>8} {'model (in device memory)':>25} {'with transfers':>15} {'peak MiB':>9} "
+                 f"{'max diff':>9}")
+
+
+def format_device_row(r: SizeResult) -> str:
+    peak = f"{r.device_peak_mib:9.1f}" if r.device_peak_mib is not None else f"{'-':>9}"
+    return (f"{r.megapixels:5.1f} {r.device:>8} {r.device_model_s * 1000:22.2f} ms "
+            f"{r.device_with_transfers_s * 1000:12.2f} ms {peak} {r.device_max_diff_steps:9d}")
 
 
 def format_row(r: SizeResult) -> str:
@@ -193,7 +263,8 @@ def format_row(r: SizeResult) -> str:
 
 def run_bench(sizes=DEFAULT_SIZES_MP, weights: str | None = None, lut_size: int = 33, codecs=("none", "zstd"),
               reference_max_mp: float = 2.0, threads: int | None = None, photo_path: str | None = None,
-              json_path: str | None = None, log=print) -> BenchReport:
+              json_path: str | None = None, log=print, device: str | None = None) -> BenchReport:
+    """``device`` (e.g. "cuda") also times the model stage there, beside the CPU, in the same run."""
     threads = threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
     loaded = load_checkpoint(weights)
@@ -209,9 +280,15 @@ def run_bench(sizes=DEFAULT_SIZES_MP, weights: str | None = None, lut_size: int 
     with tempfile.TemporaryDirectory(prefix="retouch-bench-") as d:
         for mp in sizes:
             with ctx.Pool(1) as pool:
-                res = pool.apply(_bench_in_child, (weights, lut_size, threads, mp, photo, codecs, reference_max_mp, d))
+                res = pool.apply(_bench_in_child,
+                                 (weights, lut_size, threads, mp, photo, codecs, reference_max_mp, d, device))
             report.sizes.append(SizeResult(**res))
             log(format_row(report.sizes[-1]))
+    if device:
+        log(f"model stage on {device} (strengths predicted on the device too; max diff against the CPU render):")
+        log(DEVICE_HEADER)
+        for r in report.sizes:
+            log(format_device_row(r))
     if json_path:
         with open(json_path, "w") as f:
             json.dump(asdict(report), f, indent=1)

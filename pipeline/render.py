@@ -37,6 +37,21 @@ def thumbnail(pixels: np.ndarray, long_side: int) -> torch.Tensor:
     return F.interpolate(t, size=size, mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
 
 
+def thumbnail_tensor(image: torch.Tensor, long_side: int) -> torch.Tensor:
+    """``thumbnail`` for an image already on a device: (1, 3, H, W) float in [0, 1] -> (1, 3, h, w).
+
+    The same box-then-antialiased-resize as ``thumbnail``, in torch, so a GPU-resident image never comes back.
+    """
+    h, w = image.shape[-2:]
+    if max(h, w) <= long_side:
+        return image
+    k = max(1, min(max(h, w) // (2 * long_side), min(h, w), 256))
+    small = F.avg_pool2d(image, k) if k > 1 else image
+    scale = long_side / max(small.shape[-2:])
+    size = (max(1, round(small.shape[-2] * scale)), max(1, round(small.shape[-1] * scale)))
+    return F.interpolate(small, size=size, mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
+
+
 class Retoucher:
     """A loaded model ready to predict strengths and render images."""
 
@@ -55,6 +70,18 @@ class Retoucher:
     def predict(self, pixels: np.ndarray) -> np.ndarray:
         thumb = thumbnail(pixels, self.info.prediction_size).to(self.device)
         return self.model.predict_strengths(thumb, self.lut_size)[0].float().cpu().numpy()
+
+    @torch.inference_mode()
+    def retouch_tensor(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predict and render an image that is already on the model's device, without it leaving the device.
+
+        image (1, 3, H, W) float in [0, 1] -> (rendered image, same shape, clamped; strengths (3,)).
+        """
+        strengths = self.model.predict_strengths(thumbnail_tensor(image, self.info.prediction_size),
+                                                 self.lut_size)[0]
+        from .lut import apply_lut_torch, identity_grid
+        table = self.model.render_pixels(identity_grid(self.lut_size).to(image.device), strengths)
+        return apply_lut_torch(image, table.reshape((self.lut_size,) * 3 + (3,))), strengths
 
     def warm_up(self) -> None:
         """Compile the kernels and let torch allocate once, so the first real image is not slower than the rest."""

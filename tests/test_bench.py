@@ -1,0 +1,70 @@
+"""`retouch-batch bench`: the table and JSON it promises, from a real (small) run."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from cli import main
+from pipeline.bench import bench_device, photo_at_size, run_bench
+from pipeline.checkpoint import load_checkpoint
+from pipeline.render import Retoucher, thumbnail, thumbnail_tensor
+
+from conftest import synthetic_photo
+
+
+def test_bench_writes_every_stage_and_the_reference_ratio(tmp_path):
+    out = tmp_path / "b.json"
+    res = CliRunner().invoke(main, ["bench", "--sizes", "0.5", "--codecs", "none,zstd", "--reference-max-mp", "1",
+                                    "--json", str(out), "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert "ratio" in res.output and "866x577" in res.output
+    size = json.loads(out.read_text())["sizes"][0]
+    assert (size["width"], size["height"]) == (866, 577)
+    for stage in ("decode_s", "predict_s", "bake_s", "apply_s"):
+        assert 0 < size[stage] < 30, stage
+    assert size["model_stage_s"] == pytest.approx(size["predict_s"] + size["bake_s"] + size["apply_s"], abs=2e-4)
+    assert set(size["encode_s"]) == {"none", "zstd"} and size["encoded_mb"]["zstd"] < size["encoded_mb"]["none"]
+    assert size["lut_vs_exact_db"] > 50 and size["speedup_vs_reference"] > 1
+    assert size["device"] is None  # no accelerator asked for
+
+
+def test_bench_refuses_cuda_without_a_gpu():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    res = CliRunner().invoke(main, ["bench", "--sizes", "0.5", "--device", "cuda"])
+    assert res.exit_code != 0 and "no CUDA GPU" in res.output
+
+
+def test_device_resident_path_matches_the_host_pipeline():
+    """What the GPU bench times, run on the CPU device: same thumbnail, strengths and render as the host path."""
+    r = Retoucher(load_checkpoint(None))
+    for h, w in ((300, 400), (1500, 1100), (97, 2100)):
+        px = synthetic_photo(h, w)
+        t = torch.from_numpy(px.astype(np.float32) / 65535).permute(2, 0, 1)[None]
+        assert torch.allclose(thumbnail_tensor(t, 512), thumbnail(px, 512), atol=1e-5)
+    px = photo_at_size(0.5)
+    _, strengths = r.retouch_tensor(torch.from_numpy(px.astype(np.float32) / 65535).permute(2, 0, 1)[None])
+    assert np.abs(strengths.numpy() - r.predict(px)).max() < 1e-4
+    got = bench_device(r, px, r.render(px, r.predict(px)), repeat=1)
+    assert got["device"] == "cpu" and got["device_max_diff_steps"] <= 1 and got["device_model_s"] > 0
+
+
+def test_run_bench_reports_the_device_beside_the_cpu(tmp_path):
+    report = run_bench([0.5], codecs=("none",), reference_max_mp=0, json_path=str(tmp_path / "b.json"),
+                       log=lambda m: None, device="cpu")
+    size = report.sizes[0]
+    assert size.device == "cpu" and size.device_max_diff_steps <= 1 and size.device_with_transfers_s > 0
+
+
+@pytest.mark.gpu
+def test_cuda_model_stage_in_device_memory(tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    report = run_bench([12], codecs=("none",), reference_max_mp=0, json_path=str(tmp_path / "b.json"),
+                       log=print, device="cuda")
+    size = report.sizes[0]
+    assert size.device.startswith("cuda") and size.device_max_diff_steps <= 2
+    print(f"12 MP on {size.device}: {size.device_model_s * 1000:.2f} ms in device memory, "
+          f"{size.device_with_transfers_s * 1000:.2f} ms with transfers")
