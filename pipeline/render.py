@@ -16,6 +16,12 @@ from .lut import DEFAULT_LUT_SIZE, apply_lut_u16, bake_lut, box_average_u16
 EXACT_STRIP_PIXELS = 1 << 18
 
 
+def box_factor(height: int, width: int, long_side: int) -> int:
+    """The whole-number box that shrinks an image to about twice ``long_side`` before the antialiased resize
+    (at most 256, so uint16 block sums stay in 32 bits)."""
+    return max(1, min(max(height, width) // (2 * long_side), min(height, width), 256))
+
+
 def thumbnail(pixels: np.ndarray, long_side: int) -> torch.Tensor:
     """(H, W, 3) uint16 -> (1, 3, h, w) float32 in [0, 1] with long side ``long_side`` (box-filtered).
 
@@ -25,16 +31,19 @@ def thumbnail(pixels: np.ndarray, long_side: int) -> torch.Tensor:
     h, w = pixels.shape[:2]
     if max(h, w) <= long_side:
         return torch.from_numpy(pixels.astype(np.float32) / 65535.0).permute(2, 0, 1).unsqueeze(0)
-    k = max(1, min(max(h, w) // (2 * long_side), min(h, w), 256))  # 256: integer block sums stay in 32 bits
+    k = box_factor(h, w, long_side)
     if k > 1:
         small = np.empty((h // k, w // k, 3), np.float32)
         box_average_u16(np.ascontiguousarray(pixels), k, small)
     else:
         small = pixels.astype(np.float32) / 65535.0
-    t = torch.from_numpy(np.ascontiguousarray(small)).permute(2, 0, 1).unsqueeze(0)
-    scale = long_side / max(t.shape[-2:])
-    size = (max(1, round(t.shape[-2] * scale)), max(1, round(t.shape[-1] * scale)))
-    return F.interpolate(t, size=size, mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
+    return _resize_long_side(torch.from_numpy(np.ascontiguousarray(small)).permute(2, 0, 1).unsqueeze(0), long_side)
+
+
+def _resize_long_side(image: torch.Tensor, long_side: int) -> torch.Tensor:
+    scale = long_side / max(image.shape[-2:])
+    size = (max(1, round(image.shape[-2] * scale)), max(1, round(image.shape[-1] * scale)))
+    return F.interpolate(image, size=size, mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
 
 
 def thumbnail_tensor(image: torch.Tensor, long_side: int) -> torch.Tensor:
@@ -45,11 +54,8 @@ def thumbnail_tensor(image: torch.Tensor, long_side: int) -> torch.Tensor:
     h, w = image.shape[-2:]
     if max(h, w) <= long_side:
         return image
-    k = max(1, min(max(h, w) // (2 * long_side), min(h, w), 256))
-    small = F.avg_pool2d(image, k) if k > 1 else image
-    scale = long_side / max(small.shape[-2:])
-    size = (max(1, round(small.shape[-2] * scale)), max(1, round(small.shape[-1] * scale)))
-    return F.interpolate(small, size=size, mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
+    k = box_factor(h, w, long_side)
+    return _resize_long_side(F.avg_pool2d(image, k) if k > 1 else image, long_side)
 
 
 class Retoucher:
