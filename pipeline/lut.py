@@ -8,7 +8,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core.extending import intrinsic
 
 DEFAULT_LUT_SIZE = 33
 
@@ -58,35 +60,89 @@ def _cell(v, scale, top, stride):
     return np.uint32(i) * stride, f - i
 
 
-@njit(parallel=True, fastmath=True, error_model="numpy", cache=True)
-def _apply_u16(src, flat, n, dst):
-    """Trilinear through the flattened (n, n, n, 3) table, row by row, uint16 in and out (in place allowed).
+@intrinsic
+def _lerp_cell4(typingctx, table, offset, sr, sg, sb, dr, dg, db):
+    """Trilinear inside one cell of a flattened (n, n, n, 4) float32 table -> the cell's first 3 channels.
 
-    Each row is done in two passes: cell offsets and fractions first, then the lookups, one channel at a time,
-    with unsigned offsets (no negative-index checks): measured 1.6x faster than one pass per pixel. The lookups
-    themselves stay scalar loads; the compiler emits no gathers for them.
+    ``offset`` is the cell's low corner (in floats), ``sr/sg/sb`` the strides along r, g, b, ``dr/dg/db`` the
+    fractions. Each corner's 4 channels are one vector load and the 7 lerps run on all channels at once; numba
+    emits neither by itself (it loads and interpolates channel by channel), and this is 1.4x faster.
     """
-    sr, sg, sb = np.uint32(n * n * 3), np.uint32(n * 3), np.uint32(3)
+    sig = types.UniTuple(types.float32, 3)(table, offset, sr, sg, sb, dr, dg, db)
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        i64, quad = ir.IntType(64), ir.VectorType(ir.FloatType(), 4)
+        offset, sr, sg, sb = (builder.zext(a, i64) if a.type.width < 64 else a for a in args[1:5])
+
+        def corner(*steps):
+            at = offset
+            for step in steps:
+                at = builder.add(at, step)
+            ptr = builder.gep(data, [at])
+            if not getattr(ptr.type, "is_opaque", False):
+                ptr = builder.bitcast(ptr, quad.as_pointer())
+            value = builder.load(ptr)
+            value.align = 4
+            return value
+
+        def splat(x):
+            vec = ir.Constant(quad, ir.Undefined)
+            for k in range(4):
+                vec = builder.insert_element(vec, x, ir.Constant(ir.IntType(32), k))
+            return vec
+
+        def lerp(a, b, w):
+            return builder.fadd(a, builder.fmul(builder.fsub(b, a), w))
+
+        wr, wg, wb = (splat(a) for a in args[5:8])
+        g0b0 = lerp(corner(), corner(sr), wr)
+        g1b0 = lerp(corner(sg), corner(sr, sg), wr)
+        g0b1 = lerp(corner(sb), corner(sr, sb), wr)
+        g1b1 = lerp(corner(sg, sb), corner(sr, sg, sb), wr)
+        v = lerp(lerp(g0b0, g1b0, wg), lerp(g0b1, g1b1, wg), wb)
+        channels = [builder.extract_element(v, ir.Constant(ir.IntType(32), k)) for k in range(3)]
+        return context.make_tuple(builder, signature.return_type, channels)
+
+    return sig, codegen
+
+
+@njit(parallel=True, fastmath=True, error_model="numpy", cache=True)
+def _apply_u16(src, flat4, n, dst):
+    """Trilinear through a flattened (n, n, n, 4) table (channels padded to 4), uint16 in and out (in place
+    allowed), row by row.
+
+    Each row is done in two passes: cell offsets and fractions first, then the lookups. Flat rows and unsigned
+    offsets spare the compiler negative-index checks. Measured at 12 MP on 2 cores: 107 ms for one pass per pixel
+    over a 3-channel table, 65 ms in two passes, 45 ms with the 4-channel vector lookups.
+    """
+    sr, sg, sb = np.uint32(n * n * 4), np.uint32(n * 4), np.uint32(4)
     scale = np.float32((n - 1) / 65535.0)
     top = np.float32(n - 2)
     zero, one, full, half = np.float32(0.0), np.float32(1.0), np.float32(65535.0), np.float32(0.5)
     width = src.shape[1]
+    rows = src.reshape(src.shape[0], -1)
+    outs = dst.reshape(dst.shape[0], -1)
+    used, three, one_, two = np.uint64(width), np.uint64(3), np.uint64(1), np.uint64(2)
     for y in prange(src.shape[0]):
         base = np.empty(width, np.uint32)
         wr = np.empty(width, np.float32)
         wg = np.empty(width, np.float32)
         wb = np.empty(width, np.float32)
-        row = src[y]
-        for x in range(width):
-            ir, wr[x] = _cell(np.float32(row[x, 0]), scale, top, sr)
-            ig, wg[x] = _cell(np.float32(row[x, 1]), scale, top, sg)
-            ib, wb[x] = _cell(np.float32(row[x, 2]), scale, top, sb)
+        row = rows[y]
+        for x in range(used):
+            j = x * three
+            ir, wr[x] = _cell(np.float32(row[j]), scale, top, sr)
+            ig, wg[x] = _cell(np.float32(row[j + one_]), scale, top, sg)
+            ib, wb[x] = _cell(np.float32(row[j + two]), scale, top, sb)
             base[x] = ir + ig + ib
-        out = dst[y]
-        for c in range(3):
-            for x in range(width):
-                v = _lerp8(flat, base[x] + np.uint32(c), sr, sg, sb, wr[x], wg[x], wb[x])
-                out[x, c] = np.uint16(min(max(v, zero), one) * full + half)
+        out = outs[y]
+        for x in range(used):
+            v0, v1, v2 = _lerp_cell4(flat4, base[x], sr, sg, sb, wr[x], wg[x], wb[x])
+            j = x * three
+            out[j] = np.uint16(min(max(v0, zero), one) * full + half)
+            out[j + one_] = np.uint16(min(max(v1, zero), one) * full + half)
+            out[j + two] = np.uint16(min(max(v2, zero), one) * full + half)
 
 
 @njit(inline="always", fastmath=True, error_model="numpy")
@@ -162,8 +218,12 @@ def apply_lut_u16(pixels: np.ndarray, lut: np.ndarray, out: np.ndarray | None = 
     """(H, W, 3) uint16 -> (H, W, 3) uint16 through ``lut``; may write in place (``out=pixels``)."""
     if pixels.dtype != np.uint16 or pixels.ndim != 3 or pixels.shape[2] != 3:
         raise ValueError(f"expected (H, W, 3) uint16 pixels, got {pixels.shape} {pixels.dtype}")
+    if out is not None and not out.flags.c_contiguous:
+        raise ValueError("the output array must be C-contiguous")
+    pixels = np.ascontiguousarray(pixels)  # a no-op for decoded images; strided views are copied
     out = np.empty_like(pixels) if out is None else out
-    table = np.ascontiguousarray(lut, dtype=np.float32)
+    table = np.zeros(lut.shape[:3] + (4,), np.float32)  # 4 channels: one vector load per corner
+    table[..., :3] = lut
     _apply_u16(pixels, table.reshape(-1), table.shape[0], out)
     return out
 

@@ -64,6 +64,14 @@ def test_uint16_kernel_matches_float_kernel_on_every_cell():
     assert np.abs(apply_lut_u16(px, lut).astype(np.float64) - ref).max() <= 0.51
 
 
+def test_strided_sources_are_accepted_and_strided_outputs_refused():
+    lut = bake_lut(load_checkpoint(None).model, [0.3, 0.5, -0.2], 17)
+    px = synthetic_photo(60, 80)
+    assert np.array_equal(apply_lut_u16(px[::2, ::3], lut), apply_lut_u16(np.ascontiguousarray(px[::2, ::3]), lut))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        apply_lut_u16(px[:, :40], lut, out=px[:, 40:])
+
+
 def test_planar_kernel_matches_grid_sample_over_a_domain():
     """The predictor's intermediates: a LUT sampled over [lo, hi], values outside [0, 1] kept."""
     lut = torch.from_numpy(bake_lut(load_checkpoint(None).model, [0.3, 0.5, -0.2], 17)) * 1.3 - 0.1
