@@ -67,6 +67,7 @@ def _lerp_cell4(typingctx, table, offset, sr, sg, sb, dr, dg, db):
     ``offset`` is the cell's low corner (in floats), ``sr/sg/sb`` the strides along r, g, b, ``dr/dg/db`` the
     fractions. Each corner's 4 channels are one vector load and the 7 lerps run on all channels at once; numba
     emits neither by itself (it loads and interpolates channel by channel), and this is 1.4x faster.
+    No bounds checks: callers take ``offset`` from ``_cell``, which keeps every corner inside the table.
     """
     sig = types.UniTuple(types.float32, 3)(table, offset, sr, sg, sb, dr, dg, db)
 
@@ -132,10 +133,10 @@ def _apply_u16(src, flat4, n, dst):
         row = rows[y]
         for x in range(used):
             j = x * three
-            ir, wr[x] = _cell(np.float32(row[j]), scale, top, sr)
-            ig, wg[x] = _cell(np.float32(row[j + one_]), scale, top, sg)
-            ib, wb[x] = _cell(np.float32(row[j + two]), scale, top, sb)
-            base[x] = ir + ig + ib
+            at_r, wr[x] = _cell(np.float32(row[j]), scale, top, sr)
+            at_g, wg[x] = _cell(np.float32(row[j + one_]), scale, top, sg)
+            at_b, wb[x] = _cell(np.float32(row[j + two]), scale, top, sb)
+            base[x] = at_r + at_g + at_b
         out = outs[y]
         for x in range(used):
             v0, v1, v2 = _lerp_cell4(flat4, base[x], sr, sg, sb, wr[x], wg[x], wb[x])
@@ -169,10 +170,10 @@ def _apply_planar_f32(src, flat, n, lo, hi, dst):
             fr = min(max((src[0, y, x] - flo) * scale, np.float32(0.0)), fmax)
             fg = min(max((src[1, y, x] - flo) * scale, np.float32(0.0)), fmax)
             fb = min(max((src[2, y, x] - flo) * scale, np.float32(0.0)), fmax)
-            ir, dr = _cell(fr, np.float32(1.0), top, sr)
-            ig, dg = _cell(fg, np.float32(1.0), top, sg)
-            ib, db = _cell(fb, np.float32(1.0), top, sb)
-            i = ir + ig + ib
+            at_r, dr = _cell(fr, np.float32(1.0), top, sr)
+            at_g, dg = _cell(fg, np.float32(1.0), top, sg)
+            at_b, db = _cell(fb, np.float32(1.0), top, sb)
+            i = at_r + at_g + at_b
             for c in range(3):
                 dst[c, y, x] = _lerp8(flat, i + np.uint32(c), sr, sg, sb, dr, dg, db)
 
