@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import json
 import os
-from concurrent.futures import Future, ThreadPoolExecutor
 import stat
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-
 
 from pipeline.checkpoint import file_sha256, load_checkpoint
 from pipeline.imageio import DEFAULT_MAX_PIXELS, DecodeError, decode, encode_to, write_atomic

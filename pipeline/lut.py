@@ -23,32 +23,17 @@ def identity_grid(size: int) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def bake_lut(model, strengths, size: int = DEFAULT_LUT_SIZE) -> np.ndarray:
-    """Sample ``model.render_pixels`` for one image's strengths on a size^3 grid."""
+def bake_table(model, strengths, size: int = DEFAULT_LUT_SIZE) -> torch.Tensor:
+    """Sample ``model.render_pixels`` for one image's strengths on a size^3 grid: (size, size, size, 3) on the
+    model's device."""
     device = next(model.parameters()).device
-    s = torch.as_tensor(np.asarray(strengths, dtype=np.float32), device=device)
-    out = model.render_pixels(identity_grid(size).to(device), s)
-    return np.ascontiguousarray(out.float().cpu().numpy().reshape(size, size, size, 3))
+    s = torch.as_tensor(strengths, dtype=torch.float32, device=device)
+    return model.render_pixels(identity_grid(size).to(device), s).reshape(size, size, size, 3)
 
 
-@njit(inline="always", cache=True)
-def _trilinear(lut, fr, fg, fb, c):
-    """Channel c of ``lut`` at the grid position (fr, fg, fb) in [0, n - 1], in float32 (fast and within one
-    16-bit step of float64)."""
-    n = lut.shape[0]
-    one = np.float32(1.0)
-    r0 = min(int(fr), n - 2)
-    g0 = min(int(fg), n - 2)
-    b0 = min(int(fb), n - 2)
-    dr = fr - np.float32(r0)
-    dg = fg - np.float32(g0)
-    db = fb - np.float32(b0)
-    c00 = lut[r0, g0, b0, c] * (one - dr) + lut[r0 + 1, g0, b0, c] * dr
-    c01 = lut[r0, g0, b0 + 1, c] * (one - dr) + lut[r0 + 1, g0, b0 + 1, c] * dr
-    c10 = lut[r0, g0 + 1, b0, c] * (one - dr) + lut[r0 + 1, g0 + 1, b0, c] * dr
-    c11 = lut[r0, g0 + 1, b0 + 1, c] * (one - dr) + lut[r0 + 1, g0 + 1, b0 + 1, c] * dr
-    v = (c00 * (one - dg) + c10 * dg) * (one - db) + (c01 * (one - dg) + c11 * dg) * db
-    return min(max(v, np.float32(0.0)), one)
+def bake_lut(model, strengths, size: int = DEFAULT_LUT_SIZE) -> np.ndarray:
+    """``bake_table`` as a float32 array in host memory, for the CPU kernels."""
+    return np.ascontiguousarray(bake_table(model, np.asarray(strengths, dtype=np.float32), size).float().cpu().numpy())
 
 
 @njit(inline="always", fastmath=True, error_model="numpy")
@@ -178,16 +163,20 @@ def _apply_planar_f32(src, flat, n, lo, hi, dst):
                 dst[c, y, x] = _lerp8(flat, i + np.uint32(c), sr, sg, sb, dr, dg, db)
 
 
-@njit(parallel=True, cache=True)
-def _apply_f32(src, lut, dst):
-    top = np.float32(lut.shape[0] - 1)
+@njit(parallel=True, error_model="numpy", cache=True)
+def _apply_f32(src, flat, n, dst):
+    """(H, W, 3) float32 through a flattened (n, n, n, 3) table over [0, 1]^3, input and output clamped to [0, 1]."""
+    sr, sg, sb = np.uint32(n * n * 3), np.uint32(n * 3), np.uint32(3)
+    top, fmax = np.float32(n - 2), np.float32(n - 1)
+    zero, one = np.float32(0.0), np.float32(1.0)
     for y in prange(src.shape[0]):
         for x in range(src.shape[1]):
-            fr = min(max(src[y, x, 0], np.float32(0.0)), np.float32(1.0)) * top
-            fg = min(max(src[y, x, 1], np.float32(0.0)), np.float32(1.0)) * top
-            fb = min(max(src[y, x, 2], np.float32(0.0)), np.float32(1.0)) * top
+            at_r, dr = _cell(min(max(src[y, x, 0], zero), one), fmax, top, sr)
+            at_g, dg = _cell(min(max(src[y, x, 1], zero), one), fmax, top, sg)
+            at_b, db = _cell(min(max(src[y, x, 2], zero), one), fmax, top, sb)
+            i = at_r + at_g + at_b
             for c in range(3):
-                dst[y, x, c] = _trilinear(lut, fr, fg, fb, c)
+                dst[y, x, c] = min(max(_lerp8(flat, i + np.uint32(c), sr, sg, sb, dr, dg, db), zero), one)
 
 
 @njit(parallel=True, error_model="numpy", cache=True)
@@ -233,7 +222,8 @@ def apply_lut_f32(pixels: np.ndarray, lut: np.ndarray) -> np.ndarray:
     """(H, W, 3) float32 in [0, 1] -> (H, W, 3) float32, for evaluation at float precision."""
     pixels = np.ascontiguousarray(pixels, dtype=np.float32)
     out = np.empty_like(pixels)
-    _apply_f32(pixels, np.ascontiguousarray(lut, dtype=np.float32), out)
+    table = np.ascontiguousarray(lut, dtype=np.float32)
+    _apply_f32(pixels, table.reshape(-1), table.shape[0], out)
     return out
 
 

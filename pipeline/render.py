@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import LoadedModel
-from .lut import DEFAULT_LUT_SIZE, apply_lut_u16, bake_lut, box_average_u16
+from .lut import DEFAULT_LUT_SIZE, apply_lut_u16, bake_lut, bake_table, box_average_u16
 
 EXACT_STRIP_PIXELS = 1 << 18
 
@@ -85,9 +85,8 @@ class Retoucher:
         """
         strengths = self.model.predict_strengths(thumbnail_tensor(image, self.info.prediction_size),
                                                  self.lut_size)[0]
-        from .lut import apply_lut_torch, identity_grid
-        table = self.model.render_pixels(identity_grid(self.lut_size).to(image.device), strengths)
-        return apply_lut_torch(image, table.reshape((self.lut_size,) * 3 + (3,))), strengths
+        from .lut import apply_lut_torch
+        return apply_lut_torch(image, bake_table(self.model, strengths, self.lut_size)), strengths
 
     def warm_up(self) -> None:
         """Compile the kernels and let torch allocate once, so the first real image is not slower than the rest."""

@@ -110,7 +110,8 @@ class NeurOp(nn.Module):
         """thumbnail (B, 3, H, W) -> strengths (B, 3); the operators run only on the thumbnail.
 
         With ``lut_size`` the intermediate thumbnails go through one baked LUT per operator instead of the network
-        on every thumbnail pixel (5x faster on a CPU; the strengths move by ~1e-4, see tests/test_lut.py).
+        on every thumbnail pixel (17 ms against 328 ms for a 512 x 341 thumbnail on 2 CPU cores; the strengths
+        move by ~1e-4, see tests/test_lut.py).
         """
         if lut_size is None:
             return self.forward(thumbnail)[1]
