@@ -56,4 +56,4 @@ def plan(requested_workers: int | None, device: str = "auto", cpus_per_worker: i
     per = max(1, cpus_per_worker or 1)
     workers = max(1, requested_workers or int(cpus // per) or 1)
     claim = min(float(per), cpus / workers)
-    return Placement(workers, 0.0, claim, max(1, int(claim)) if claim >= 1 else 1, "cpu")
+    return Placement(workers, 0.0, claim, max(1, int(claim)), "cpu")
