@@ -1,11 +1,14 @@
-"""Job throughput: the same manifest of 24 MP 16-bit TIFFs through `retouch-batch run` with 1 and 2 workers.
+"""Job throughput: the same manifest of 24 MP images through `retouch-batch run` with 1 and 2 workers.
 
-    python benchmarks/throughput.py [--images 8] [--megapixels 24] [--configs 1x1,2x1,1x2]
+    python benchmarks/throughput.py [--images 8] [--megapixels 24] [--configs 1x1,2x1,1x2] [--source tiff|dng]
+
+``--source tiff`` (default): 16-bit TIFFs of real photos from ../shared/data/photos, scaled up to the size.
+``--source dng``: RAW files, lossless-JPEG DNGs built from a real 9 MP sensor mosaic by benchmarks/large_dng.py.
 
 A config is WORKERSxCPUS: workers, each claiming (and running threads on) that many CPU cores.
 
 Prints images per second per worker count and the share of worker time per stage (from the ledger's timings).
-Needs ../shared/data/photos (real photos scaled up to the test size).
+Needs ../shared/data (photos, or the Blackmagic DNG).
 """
 from __future__ import annotations
 
@@ -27,7 +30,9 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 from jobs.ledger import read_ledger  # noqa: E402
+import large_dng  # noqa: E402
 
 
 def cpu_ticks() -> tuple[int, int]:
@@ -45,17 +50,21 @@ def main() -> None:
     ap.add_argument("--tiff-compression", default="none", help="output codec, as `run --tiff-compression`")
     ap.add_argument("--repeat", type=int, default=1, help="run the configs this many times, in turn")
     ap.add_argument("--configs", default="1x1,2x1,1x2", help="WORKERSxCPUS_PER_WORKER, comma-separated")
+    ap.add_argument("--source", choices=("tiff", "dng"), default="tiff")
     args = ap.parse_args()
-    photos = sorted(glob.glob(str(ROOT.parent / "shared" / "data" / "photos" / "*.jpg")))[: args.images]
     w = int(round((args.megapixels * 1e6 * 1.5) ** 0.5))
     h = int(round(w / 1.5))
     with tempfile.TemporaryDirectory(prefix="retouch-throughput-") as d:
-        rows = ["path"]
-        for i, p in enumerate(photos):
-            a = np.asarray(Image.open(p).convert("RGB").resize((w, h), Image.BILINEAR), dtype=np.uint16) * 257
-            tifffile.imwrite(f"{d}/p{i}.tif", a, photometric="rgb")
-            rows.append(f"p{i}.tif")
-        Path(d, "m.csv").write_text("\n".join(rows) + "\n")
+        if args.source == "dng":
+            inputs = large_dng.make(d, args.images, args.megapixels, "ljpeg")
+        else:
+            inputs = []
+            photos = sorted(glob.glob(str(ROOT.parent / "shared" / "data" / "photos" / "*.jpg")))[: args.images]
+            for i, p in enumerate(photos):
+                a = np.asarray(Image.open(p).convert("RGB").resize((w, h), Image.BILINEAR), dtype=np.uint16) * 257
+                tifffile.imwrite(f"{d}/p{i}.tif", a, photometric="rgb")
+                inputs.append(Path(d, f"p{i}.tif"))
+        Path(d, "m.csv").write_text("path\n" + "".join(f"{p.name}\n" for p in inputs))
         os.sync()  # inputs on disk before timing, so their write-back does not land inside a measured run
         rates: dict[str, list[float]] = {}
         for config in args.configs.split(",") * args.repeat:
@@ -80,12 +89,12 @@ def main() -> None:
                     stages[k] = stages.get(k, 0.0) + v
             total = sum(stages.values())
             share = ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in stages.items())
-            print(f"{n} worker(s) x {cpus} CPU, {args.tiff_compression}, {len(photos)} x {w}x{h}: "
+            print(f"{n} worker(s) x {cpus} CPU, {args.source} -> {args.tiff_compression}, {len(inputs)} x {w}x{h}: "
                   f"{summary.split(' in ')[1].split(';')[0]}, wall incl. Ray start-up {wall:.1f} s "
                   f"(machine busy {cores_busy:.2f} of {os.cpu_count()} cores over that wall); worker time: {share}")
         base = statistics.median(rates[args.configs.split(",")[0]])
         for config, r in rates.items():
-            print(f"{config} ({args.tiff_compression}): median {statistics.median(r):.2f} images/s over {len(r)} runs "
+            print(f"{config} ({args.source} -> {args.tiff_compression}): median {statistics.median(r):.2f} images/s over {len(r)} runs "
                   f"({', '.join(f'{x:.2f}' for x in r)}); {statistics.median(r) / base:.2f}x the first config")
 
 

@@ -36,8 +36,9 @@ def connect(address: str | None) -> bool:
 def plan(requested_workers: int | None, device: str = "auto", cpus_per_worker: int | None = None) -> Placement:
     """One worker per GPU when the cluster has GPUs, else one per ``cpus_per_worker`` CPUs (default 1).
 
-    A CPU worker claims its CPUs from Ray and runs exactly that many compute threads, so a worker never uses
-    cores Ray has given to someone else, and throughput grows with workers. Never ask for a GPU that does not
+    A CPU worker claims its CPUs from Ray and runs exactly that many compute threads (LibRaw's OpenMP demosaic
+    included: Ray sets an actor's OMP_NUM_THREADS to its claim), so a worker never uses cores Ray has given to
+    someone else, and throughput grows with workers. Never ask for a GPU that does not
     exist; when more workers are asked for than the CPUs allow, each claims an equal share so all can start.
     """
     import ray

@@ -200,8 +200,9 @@ def _decode_tiff(path: str, max_pixels: int) -> Decoded:
                 a = np.moveaxis(page.colormap, 0, -1)[a]
             elif photometric == "miniswhite":
                 a = np.iinfo(a.dtype).max - a if a.dtype.kind == "u" else 1.0 - a
-            orientation = page.tags.get(274)
-            icc = page.tags.get(34675)
+            # tag values are read lazily: take them while the file is open
+            orientation = page.tags.valueof(274)
+            icc = page.tags.valueof(34675)
             px = _to_uint16_rgb(a, photometric)
     except DecodeError:
         raise
@@ -210,9 +211,9 @@ def _decode_tiff(path: str, max_pixels: int) -> Decoded:
     except Exception as e:
         raise DecodeError(f"corrupt or unreadable TIFF ({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
     if icc is not None:
-        px = _icc_to_srgb_16(px, bytes(icc.value))
+        px = _icc_to_srgb_16(px, bytes(icc))
     if orientation is not None:
-        px = apply_orientation(px, orientation.value)
+        px = apply_orientation(px, orientation)
     return Decoded(px)
 
 

@@ -45,50 +45,85 @@ def _cell(v, scale, top, stride):
     return np.uint32(i) * stride, f - i
 
 
+def _trilinear_quad(context, builder, table_type, table, offset, strides, fractions):
+    """LLVM IR: trilinear inside one cell of a flattened (n, n, n, 4) float32 table -> <4 x float>.
+
+    Each corner's 4 channels are one vector load and the 7 lerps run on all channels at once; numba emits
+    neither by itself (it loads and interpolates channel by channel). No bounds checks: callers take ``offset``
+    from the cell index of pass 1, which keeps every corner inside the table.
+    """
+    data = context.make_array(table_type)(context, builder, table).data
+    i64, quad = ir.IntType(64), ir.VectorType(ir.FloatType(), 4)
+    offset, sr, sg, sb = (builder.zext(a, i64) if a.type.width < 64 else a for a in (offset, *strides))
+
+    def corner(*steps):
+        at = offset
+        for step in steps:
+            at = builder.add(at, step)
+        ptr = builder.gep(data, [at])
+        if not getattr(ptr.type, "is_opaque", False):
+            ptr = builder.bitcast(ptr, quad.as_pointer())
+        value = builder.load(ptr)
+        value.align = 4
+        return value
+
+    def splat(x):
+        vec = ir.Constant(quad, ir.Undefined)
+        for k in range(4):
+            vec = builder.insert_element(vec, x, ir.Constant(ir.IntType(32), k))
+        return vec
+
+    def lerp(a, b, w):
+        return builder.fadd(a, builder.fmul(builder.fsub(b, a), w))
+
+    wr, wg, wb = (splat(a) for a in fractions)
+    g0b0 = lerp(corner(), corner(sr), wr)
+    g1b0 = lerp(corner(sg), corner(sr, sg), wr)
+    g0b1 = lerp(corner(sb), corner(sr, sb), wr)
+    g1b1 = lerp(corner(sg, sb), corner(sr, sg, sb), wr)
+    return lerp(lerp(g0b0, g1b0, wg), lerp(g0b1, g1b1, wg), wb)
+
+
 @intrinsic
 def _lerp_cell4(typingctx, table, offset, sr, sg, sb, dr, dg, db):
     """Trilinear inside one cell of a flattened (n, n, n, 4) float32 table -> the cell's first 3 channels.
 
     ``offset`` is the cell's low corner (in floats), ``sr/sg/sb`` the strides along r, g, b, ``dr/dg/db`` the
-    fractions. Each corner's 4 channels are one vector load and the 7 lerps run on all channels at once; numba
-    emits neither by itself (it loads and interpolates channel by channel), and this is 1.4x faster.
-    No bounds checks: callers take ``offset`` from ``_cell``, which keeps every corner inside the table.
+    fractions.
     """
     sig = types.UniTuple(types.float32, 3)(table, offset, sr, sg, sb, dr, dg, db)
 
     def codegen(context, builder, signature, args):
-        data = context.make_array(signature.args[0])(context, builder, args[0]).data
-        i64, quad = ir.IntType(64), ir.VectorType(ir.FloatType(), 4)
-        offset, sr, sg, sb = (builder.zext(a, i64) if a.type.width < 64 else a for a in args[1:5])
-
-        def corner(*steps):
-            at = offset
-            for step in steps:
-                at = builder.add(at, step)
-            ptr = builder.gep(data, [at])
-            if not getattr(ptr.type, "is_opaque", False):
-                ptr = builder.bitcast(ptr, quad.as_pointer())
-            value = builder.load(ptr)
-            value.align = 4
-            return value
-
-        def splat(x):
-            vec = ir.Constant(quad, ir.Undefined)
-            for k in range(4):
-                vec = builder.insert_element(vec, x, ir.Constant(ir.IntType(32), k))
-            return vec
-
-        def lerp(a, b, w):
-            return builder.fadd(a, builder.fmul(builder.fsub(b, a), w))
-
-        wr, wg, wb = (splat(a) for a in args[5:8])
-        g0b0 = lerp(corner(), corner(sr), wr)
-        g1b0 = lerp(corner(sg), corner(sr, sg), wr)
-        g0b1 = lerp(corner(sb), corner(sr, sb), wr)
-        g1b1 = lerp(corner(sg, sb), corner(sr, sg, sb), wr)
-        v = lerp(lerp(g0b0, g1b0, wg), lerp(g0b1, g1b1, wg), wb)
+        v = _trilinear_quad(context, builder, signature.args[0], args[0], args[1], args[2:5], args[5:8])
         channels = [builder.extract_element(v, ir.Constant(ir.IntType(32), k)) for k in range(3)]
         return context.make_tuple(builder, signature.return_type, channels)
+
+    return sig, codegen
+
+
+@intrinsic
+def _lerp_cell4_store_u16(typingctx, table, offset, sr, sg, sb, dr, dg, db, out, at):
+    """``_lerp_cell4``, then clamped to [0, 1], scaled to 16 bits, rounded and stored as 4 lanes at out[at:at + 4].
+
+    The conversion runs on the vector and the store is one 8-byte write, 1.3x faster than three scalar
+    conversions and stores; the 4th lane is the padding channel and lands on the next pixel's red.
+    """
+    sig = types.void(table, offset, sr, sg, sb, dr, dg, db, out, at)
+
+    def codegen(context, builder, signature, args):
+        v = _trilinear_quad(context, builder, signature.args[0], args[0], args[1], args[2:5], args[5:8])
+        quad, lanes = ir.VectorType(ir.FloatType(), 4), ir.VectorType(ir.IntType(16), 4)
+        zero, one = ir.Constant(quad, [0.0] * 4), ir.Constant(quad, [1.0] * 4)
+        v = builder.select(builder.fcmp_ordered("<", v, zero), zero, v)
+        v = builder.select(builder.fcmp_ordered(">", v, one), one, v)
+        v = builder.fadd(builder.fmul(v, ir.Constant(quad, [65535.0] * 4)), ir.Constant(quad, [0.5] * 4))
+        data = context.make_array(signature.args[8])(context, builder, args[8]).data
+        at = builder.zext(args[9], ir.IntType(64)) if args[9].type.width < 64 else args[9]
+        ptr = builder.gep(data, [at])
+        if not getattr(ptr.type, "is_opaque", False):
+            ptr = builder.bitcast(ptr, lanes.as_pointer())
+        builder.store(builder.fptoui(v, lanes), ptr).align = 2
+        return context.get_dummy_value()
 
     return sig, codegen
 
@@ -98,18 +133,21 @@ def _apply_u16(src, flat4, n, dst):
     """Trilinear through a flattened (n, n, n, 4) table (channels padded to 4), uint16 in and out (in place
     allowed), row by row.
 
-    Each row is done in two passes: cell offsets and fractions first, then the lookups. Flat rows and unsigned
-    offsets spare the compiler negative-index checks. Measured at 12 MP on 2 cores: 107 ms for one pass per pixel
-    over a 3-channel table, 65 ms in two passes, 45 ms with the 4-channel vector lookups.
+    Each row is done in two passes: cell offsets and fractions first (whole-number cell indices: truncation is
+    the floor of these non-negative values), then the lookups. Flat rows and unsigned offsets spare the compiler
+    negative-index checks. Measured at 12 MP on 2 cores: 107 ms for one pass per pixel over a 3-channel table,
+    65 ms in two passes, 45 ms with the 4-channel vector lookups; on 1 core 6.9 -> 5.0 ns per pixel with integer
+    cell indices and the vector conversion and store.
     """
-    sr, sg, sb = np.uint32(n * n * 4), np.uint32(n * 4), np.uint32(4)
     scale = np.float32((n - 1) / 65535.0)
-    top = np.float32(n - 2)
+    top = np.int32(n - 2)
+    sr, sg, sb = np.int32(n * n * 4), np.int32(n * 4), np.int32(4)
     zero, one, full, half = np.float32(0.0), np.float32(1.0), np.float32(65535.0), np.float32(0.5)
     width = src.shape[1]
     rows = src.reshape(src.shape[0], -1)
     outs = dst.reshape(dst.shape[0], -1)
     used, three, one_, two = np.uint64(width), np.uint64(3), np.uint64(1), np.uint64(2)
+    last = used - one_
     for y in prange(src.shape[0]):
         base = np.empty(width, np.uint32)
         wr = np.empty(width, np.float32)
@@ -118,17 +156,24 @@ def _apply_u16(src, flat4, n, dst):
         row = rows[y]
         for x in range(used):
             j = x * three
-            at_r, wr[x] = _cell(np.float32(row[j]), scale, top, sr)
-            at_g, wg[x] = _cell(np.float32(row[j + one_]), scale, top, sg)
-            at_b, wb[x] = _cell(np.float32(row[j + two]), scale, top, sb)
-            base[x] = at_r + at_g + at_b
+            fr = np.float32(row[j]) * scale
+            fg = np.float32(row[j + one_]) * scale
+            fb = np.float32(row[j + two]) * scale
+            ir_, ig, ib = min(np.int32(fr), top), min(np.int32(fg), top), min(np.int32(fb), top)
+            wr[x] = fr - np.float32(ir_)
+            wg[x] = fg - np.float32(ig)
+            wb[x] = fb - np.float32(ib)
+            base[x] = np.uint32(ir_ * sr + ig * sg + ib * sb)
         out = outs[y]
-        for x in range(used):
-            v0, v1, v2 = _lerp_cell4(flat4, base[x], sr, sg, sb, wr[x], wg[x], wb[x])
-            j = x * three
-            out[j] = np.uint16(min(max(v0, zero), one) * full + half)
-            out[j + one_] = np.uint16(min(max(v1, zero), one) * full + half)
-            out[j + two] = np.uint16(min(max(v2, zero), one) * full + half)
+        # pass 1 has read the whole row, so in-place writes are safe, and each pixel's 4th lane is overwritten
+        # by the next pixel; the row's last pixel is stored lane by lane so nothing lands past the row
+        for x in range(last):
+            _lerp_cell4_store_u16(flat4, base[x], sr, sg, sb, wr[x], wg[x], wb[x], out, x * three)
+        v0, v1, v2 = _lerp_cell4(flat4, base[last], sr, sg, sb, wr[last], wg[last], wb[last])
+        j = last * three
+        out[j] = np.uint16(min(max(v0, zero), one) * full + half)
+        out[j + one_] = np.uint16(min(max(v1, zero), one) * full + half)
+        out[j + two] = np.uint16(min(max(v2, zero), one) * full + half)
 
 
 @njit(inline="always", fastmath=True, error_model="numpy")
@@ -212,6 +257,8 @@ def apply_lut_u16(pixels: np.ndarray, lut: np.ndarray, out: np.ndarray | None = 
         raise ValueError("the output array must be C-contiguous")
     pixels = np.ascontiguousarray(pixels)  # a no-op for decoded images; strided views are copied
     out = np.empty_like(pixels) if out is None else out
+    if pixels.size == 0:
+        return out
     table = np.zeros(lut.shape[:3] + (4,), np.float32)  # 4 channels: one vector load per corner
     table[..., :3] = lut
     _apply_u16(pixels, table.reshape(-1), table.shape[0], out)

@@ -64,6 +64,19 @@ def test_uint16_kernel_matches_float_kernel_on_every_cell():
     assert np.abs(apply_lut_u16(px, lut).astype(np.float64) - ref).max() <= 0.51
 
 
+@pytest.mark.parametrize("width", [1, 2, 7])
+def test_uint16_kernel_clamps_and_writes_nothing_past_the_image(width):
+    """The kernel stores 4 lanes per pixel; the lane past each row's last pixel must never land in memory."""
+    rng = np.random.default_rng(width)
+    lut = rng.uniform(-0.2, 1.2, (9, 9, 9, 3)).astype(np.float32)  # values outside [0, 1] must be clamped
+    px = rng.integers(0, 65536, (5, width, 3), dtype=np.uint16)
+    guarded = np.full((7, width, 3), 12345, np.uint16)
+    out = apply_lut_u16(px, lut, out=guarded[1:6])
+    ref = apply_lut_f32(px.astype(np.float32) / 65535, lut) * 65535
+    assert np.abs(out.astype(np.float64) - ref).max() <= 0.51
+    assert (guarded[0] == 12345).all() and (guarded[6] == 12345).all()
+
+
 def test_strided_sources_are_accepted_and_strided_outputs_refused():
     lut = bake_lut(load_checkpoint(None).model, [0.3, 0.5, -0.2], 17)
     px = synthetic_photo(60, 80)
