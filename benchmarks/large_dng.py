@@ -39,15 +39,27 @@ def source_mosaic() -> tuple[np.ndarray, list]:
     return mosaic, extratags
 
 
+def frame_geometry(mosaic_shape: tuple[int, int], megapixels: float) -> tuple[int, int, int, int]:
+    """(height, width, top, left) of the 3:2 frame of about ``megapixels``, and where the mosaic's first pixel lands
+    in it (negative: the frame is a centre crop of the mosaic). All even, so the Bayer phase is kept."""
+    width = round((megapixels * 1e6 * 1.5) ** 0.5) // 2 * 2
+    height = round(width / 1.5) // 2 * 2
+    top = (height // 2 - mosaic_shape[0] // 2) // 2 * 2
+    left = (width // 2 - mosaic_shape[1] // 2) // 2 * 2
+    return height, width, top, left
+
+
 def mirrored_frame(mosaic: np.ndarray, megapixels: float, roll_blocks: int = 0) -> np.ndarray:
-    """Mirror ``mosaic`` outwards in 2x2 blocks to a 3:2 frame of about ``megapixels``, rolled sideways."""
-    width = int(round((megapixels * 1e6 * 1.5) ** 0.5)) // 2 * 2
-    height = int(round(width / 1.5)) // 2 * 2
+    """``mosaic`` mirrored outwards in 2x2 blocks (or centre-cropped) to a 3:2 frame of about ``megapixels``, then
+    rolled sideways by ``roll_blocks`` blocks."""
+    height, width, top, left = frame_geometry(mosaic.shape, megapixels)
     h, w = mosaic.shape
     blocks = mosaic.reshape(h // 2, 2, w // 2, 2).transpose(0, 2, 1, 3)  # (rows, cols, 2, 2)
-    ph, pw = max(0, height // 2 - h // 2), max(0, width // 2 - w // 2)
-    blocks = np.pad(blocks, ((ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0), (0, 0)), mode="symmetric")
-    blocks = np.roll(blocks[:height // 2, :width // 2], roll_blocks, axis=1)
+    before = (max(0, top) // 2, max(0, left) // 2)
+    after = (max(0, height - h - top) // 2, max(0, width - w - left) // 2)
+    blocks = np.pad(blocks, (*zip(before, after), (0, 0), (0, 0)), mode="symmetric")
+    y0, x0 = max(0, -top) // 2, max(0, -left) // 2
+    blocks = np.roll(blocks[y0:y0 + height // 2, x0:x0 + width // 2], roll_blocks, axis=1)
     return np.ascontiguousarray(blocks.transpose(0, 2, 1, 3).reshape(height, width))
 
 
@@ -55,7 +67,7 @@ def write_dng(path: Path, mosaic: np.ndarray, extratags: list, compression: str)
     import imagecodecs
     import tifffile
 
-    common = dict(photometric=32803, extratags=extratags, metadata=None, tile=(TILE, TILE))
+    common = {"photometric": 32803, "extratags": extratags, "metadata": None, "tile": (TILE, TILE)}
     if compression == "none":
         tifffile.imwrite(path, mosaic, **common)
         return

@@ -7,18 +7,18 @@ benchmarks/large_dng.py (lossless JPEG tiles, as the camera writes, and uncompre
 in ../shared. Each file runs ``--runs`` times; the share is given for the median run (by total time) and the
 range over all runs. ``--large-megapixels 0`` leaves the large files out.
 """
+import argparse
+import glob
+import json
 import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
 
 # a 1-core worker: Ray sets OMP_NUM_THREADS to a worker's CPU claim, and LibRaw's demosaic runs on OpenMP threads
+# (set before torch and rawpy load the OpenMP runtime)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-
-import argparse  # noqa: E402
-import glob  # noqa: E402
-import json  # noqa: E402
-import statistics  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))

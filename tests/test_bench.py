@@ -68,3 +68,31 @@ def test_cuda_model_stage_in_device_memory(tmp_path):
     assert size.device.startswith("cuda") and size.device_max_diff_steps <= 2
     print(f"12 MP on {size.device}: {size.device_model_s * 1000:.2f} ms in device memory, "
           f"{size.device_with_transfers_s * 1000:.2f} ms with transfers")
+
+
+def test_large_dng_benchmark_files_decode_like_the_camera_file(tmp_path):
+    """benchmarks/large_dng.py: bigger DNGs from the real camera mosaic, read back through the pipeline's decode."""
+    import sys
+    from pathlib import Path
+
+    from conftest import need_shared
+    from pipeline.imageio import decode
+    camera_file = need_shared("data", "raw", "good", "imageio_Blackmagic.dng")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import large_dng
+
+    small = [large_dng.make(tmp_path / c, 2, megapixels=1.5, compression=c) for c in ("ljpeg", "none")]
+    assert (tmp_path / "none" / "manifest.csv").read_text().split() == ["path", "large00-none.dng", "large01-none.dng"]
+    a, b, c = (decode(str(p)).pixels for p in (small[0][0], small[0][1], small[1][0]))
+    assert a.shape == (1000, 1500, 3) and a.dtype == np.uint16
+    assert np.array_equal(a, c)  # the same mosaic, whichever compression
+    assert not np.array_equal(a, b)  # each file is rolled differently
+
+    # a frame bigger than the sensor holds the whole mosaic: away from its edges (where demosaicing sees other
+    # neighbours) the very pixels of the camera's own file, so the colour tags came along; the camera file's
+    # mosaic starts at its default crop origin, (8, 16)
+    big = decode(str(large_dng.make(tmp_path / "big", 1, megapixels=12)[0])).pixels
+    camera = decode(str(camera_file)).pixels
+    _, _, top, left = large_dng.frame_geometry((2160, 4096), 12)
+    inner = (slice(16, 2160 - 16), slice(16, 4096 - 16))
+    assert np.array_equal(big[top:top + 2160, left:left + 4096][inner], camera[8:8 + 2160, 16:16 + 4096][inner])
