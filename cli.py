@@ -48,6 +48,9 @@ def job_options(fn):
                      help="CPU cores each worker claims from Ray and runs threads on [default: 1 for CPU workers, "
                           "the node's cores shared among its GPU workers]. One core per worker scales best; more "
                           "cores per worker finish a single large image sooner."),
+        click.option("--images-per-worker", type=click.IntRange(min=1), default=None,
+                     help="Images each worker holds at once: they decode and encode side by side while one at a "
+                          "time takes the model stage [default: 1 for CPU workers, one per core for GPU workers]."),
         click.option("--address", envvar="RAY_ADDRESS", default=None,
                      help="Join an existing Ray cluster (also RAY_ADDRESS); default: an embedded local Ray."),
         click.option("--ledger", "ledger_dir", default=None, type=click.Path(file_okay=False),
@@ -66,11 +69,12 @@ def job_options(fn):
     return fn
 
 
-def _job_options(out, workers, cpus_per_worker, address, ledger_dir, weights, max_pixels, retries, device, no_progress,
-                 settings):
+def _job_options(out, workers, cpus_per_worker, images_per_worker, address, ledger_dir, weights, max_pixels, retries,
+                 device, no_progress, settings):
     from jobs.run import JobOptions
     return JobOptions(out=out, weights=weights, settings=settings, workers=workers,
-                      cpus_per_worker=cpus_per_worker, address=address, ledger=ledger_dir,
+                      cpus_per_worker=cpus_per_worker, images_per_worker=images_per_worker, address=address,
+                      ledger=ledger_dir,
                       max_pixels=max_pixels, max_attempts=retries, device=device, progress=not no_progress)
 
 
@@ -107,15 +111,15 @@ def main():
 @click.option("--half-size", is_flag=True, help="Demosaic RAW at half size (faster, half the resolution).")
 @click.option("--overwrite", is_flag=True, help="Redo images whose outputs are already current.")
 @user_errors
-def run(manifest, out, workers, cpus_per_worker, address, ledger_dir, weights, max_pixels, retries, device, no_progress,
-        output_format, quality, strip_metadata, tiff_compression, lut_size, half_size, overwrite):
+def run(manifest, out, workers, cpus_per_worker, images_per_worker, address, ledger_dir, weights, max_pixels, retries,
+        device, no_progress, output_format, quality, strip_metadata, tiff_compression, lut_size, half_size, overwrite):
     """Retouch every image of MANIFEST (CSV or Parquet with a `path` column) into --out, with a ledger."""
     from jobs.run import run_job
     from jobs.worker import DEFAULT_TIFF_COMPRESSION, RenderSettings
     settings = RenderSettings(output_format, quality, strip_metadata, lut_size,
                               tiff_compression or DEFAULT_TIFF_COMPRESSION, half_size)
-    opts = _job_options(out, workers, cpus_per_worker, address, ledger_dir, weights, max_pixels, retries, device,
-                        no_progress, settings)
+    opts = _job_options(out, workers, cpus_per_worker, images_per_worker, address, ledger_dir, weights, max_pixels,
+                        retries, device, no_progress, settings)
     opts.overwrite = overwrite
     result = run_job(manifest, opts, log=lambda m: click.echo(m, err=True))
     _summary(result, " (resumed)" if result.resumed else "")
@@ -131,12 +135,12 @@ def run(manifest, out, workers, cpus_per_worker, address, ledger_dir, weights, m
 @click.option("--format", "output_format", type=click.Choice(list(OUTPUT_FORMATS)), default=None,
               help="Output format (default: the original run's).")
 @user_errors
-def rerender(ledger, out, workers, cpus_per_worker, address, ledger_dir, weights, max_pixels, retries, device,
-             no_progress, set_ops, shift_ops, edits, run_id, output_format):
+def rerender(ledger, out, workers, cpus_per_worker, images_per_worker, address, ledger_dir, weights, max_pixels,
+             retries, device, no_progress, set_ops, shift_ops, edits, run_id, output_format):
     """Re-render LEDGER's images from their sources with its strengths, adjusted; never re-predicts."""
     from jobs.rerender import rerender_job
-    opts = _job_options(out, workers, cpus_per_worker, address, ledger_dir, weights, max_pixels, retries, device,
-                        no_progress, None)
+    opts = _job_options(out, workers, cpus_per_worker, images_per_worker, address, ledger_dir, weights, max_pixels,
+                        retries, device, no_progress, None)
     result = rerender_job(ledger, opts, set_ops, shift_ops, edits, run_id, output_format,
                           log=lambda m: click.echo(m, err=True))
     _summary(result)

@@ -5,7 +5,8 @@
 ``--source tiff`` (default): 16-bit TIFFs of real photos from ../shared/data/photos, scaled up to the size.
 ``--source dng``: RAW files, lossless-JPEG DNGs built from a real 9 MP sensor mosaic by benchmarks/large_dng.py.
 
-A config is WORKERSxCPUS: workers, each claiming (and running threads on) that many CPU cores.
+A config is WORKERSxCPUS[xIMAGES]: workers, each claiming (and running threads on) that many CPU cores, and
+holding that many images at once (`--images-per-worker`, default 1).
 
 Prints images per second per worker count and the share of worker time per stage (from the ledger's timings).
 Needs ../shared/data (photos, or the Blackmagic DNG).
@@ -49,7 +50,7 @@ def main() -> None:
     ap.add_argument("--megapixels", type=float, default=24)
     ap.add_argument("--tiff-compression", default="none", help="output codec, as `run --tiff-compression`")
     ap.add_argument("--repeat", type=int, default=1, help="run the configs this many times, in turn")
-    ap.add_argument("--configs", default="1x1,2x1,1x2", help="WORKERSxCPUS_PER_WORKER, comma-separated")
+    ap.add_argument("--configs", default="1x1,2x1,1x2", help="WORKERSxCPUS_PER_WORKER[xIMAGES_PER_WORKER], comma-separated")
     ap.add_argument("--source", choices=("tiff", "dng"), default="tiff")
     args = ap.parse_args()
     w = int(round((args.megapixels * 1e6 * 1.5) ** 0.5))
@@ -68,13 +69,14 @@ def main() -> None:
         os.sync()  # inputs on disk before timing, so their write-back does not land inside a measured run
         rates: dict[str, list[float]] = {}
         for config in args.configs.split(",") * args.repeat:
-            n, cpus = (int(x) for x in config.split("x"))
+            n, cpus, held = ([int(x) for x in config.split("x")] + [1])[:3]
             out = f"{d}/out{config}"
             shutil.rmtree(out, ignore_errors=True)
             t = time.perf_counter()
             busy0, total0 = cpu_ticks()
             r = subprocess.run(["retouch-batch", "run", f"{d}/m.csv", "--out", out, "--workers", str(n),
-                                "--cpus-per-worker", str(cpus), "--tiff-compression", args.tiff_compression,
+                                "--cpus-per-worker", str(cpus), "--images-per-worker", str(held),
+                                "--tiff-compression", args.tiff_compression,
                                 "--no-progress"], capture_output=True, text=True)
             wall = time.perf_counter() - t
             busy1, total1 = cpu_ticks()
@@ -89,7 +91,7 @@ def main() -> None:
                     stages[k] = stages.get(k, 0.0) + v
             total = sum(stages.values())
             share = ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in stages.items())
-            print(f"{n} worker(s) x {cpus} CPU, {args.source} -> {args.tiff_compression}, {len(inputs)} x {w}x{h}: "
+            print(f"{n} worker(s) x {cpus} CPU x {held} image(s), {args.source} -> {args.tiff_compression}, {len(inputs)} x {w}x{h}: "
                   f"{summary.split(' in ')[1].split(';')[0]}, wall incl. Ray start-up {wall:.1f} s "
                   f"(machine busy {cores_busy:.2f} of {os.cpu_count()} cores over that wall); worker time: {share}")
         base = statistics.median(rates[args.configs.split(",")[0]])

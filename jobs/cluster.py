@@ -13,6 +13,12 @@ class Placement:
     cpus_per_worker: float
     threads_per_worker: int
     device: str  # "cuda" or "cpu"
+    images_per_worker: int = 1  # images a worker holds at once: while one is on the model, the others decode
+
+    @property
+    def decode_threads(self) -> int:
+        """OpenMP threads for each image's RAW decode: the worker's cores shared among the images it holds."""
+        return max(1, self.threads_per_worker // self.images_per_worker)
 
 
 def connect(address: str | None) -> bool:
@@ -33,13 +39,18 @@ def connect(address: str | None) -> bool:
     return True
 
 
-def plan(requested_workers: int | None, device: str = "auto", cpus_per_worker: int | None = None) -> Placement:
+def plan(requested_workers: int | None, device: str = "auto", cpus_per_worker: int | None = None,
+         images_per_worker: int | None = None) -> Placement:
     """One worker per GPU when the cluster has GPUs, else one per ``cpus_per_worker`` CPUs (default 1).
 
     A CPU worker claims its CPUs from Ray and runs exactly that many compute threads (LibRaw's OpenMP demosaic
     included: Ray sets an actor's OMP_NUM_THREADS to its claim), so a worker never uses cores Ray has given to
-    someone else, and throughput grows with workers. Never ask for a GPU that does not
-    exist; when more workers are asked for than the CPUs allow, each claims an equal share so all can start.
+    someone else, and throughput grows with workers. Never ask for a GPU that does not exist; when more workers are
+    asked for than the CPUs allow, each claims an equal share so all can start.
+
+    A GPU worker holds one image per core it claims by default (``images_per_worker``): the images decode and
+    encode side by side on the CPU, one at a time takes the model stage on the GPU, so the GPU is not left waiting
+    on one single-threaded demosaic. A CPU worker holds one image unless asked for more.
     """
     import ray
     res = ray.cluster_resources()
@@ -53,8 +64,9 @@ def plan(requested_workers: int | None, device: str = "auto", cpus_per_worker: i
         workers = max(1, requested_workers or gpus)
         # a GPU worker decodes and encodes on the CPU: it gets its node's cores shared among that node's workers
         threads = cpus_per_worker or max(1, int(cpus / nodes) // max(1, -(-workers // nodes)))
-        return Placement(workers, min(1.0, gpus / workers), min(float(threads), cpus / workers), threads, "cuda")
+        return Placement(workers, min(1.0, gpus / workers), min(float(threads), cpus / workers), threads, "cuda",
+                         images_per_worker or threads)
     per = max(1, cpus_per_worker or 1)
     workers = max(1, requested_workers or int(cpus // per) or 1)
     claim = min(float(per), cpus / workers)
-    return Placement(workers, 0.0, claim, max(1, int(claim)), "cpu")
+    return Placement(workers, 0.0, claim, max(1, int(claim)), "cpu", images_per_worker or 1)

@@ -11,7 +11,7 @@ from .ledger import LedgerRow, LedgerWriter, now
 from .progress import Progress
 from .worker import ImageProcessor, ImageTask, WorkerConfig
 
-IN_FLIGHT_PER_WORKER = 2  # one running, one queued: hides scheduling latency without hoarding images
+QUEUED_PER_WORKER = 1  # beyond the images a worker holds: hides scheduling latency without hoarding images
 DEFAULT_MAX_ATTEMPTS = 3
 START_TIMEOUT_S = 600  # no worker started at all for this long: the cluster cannot place one
 
@@ -63,9 +63,13 @@ def execute(tasks: list[ImageTask], config: WorkerConfig, placement, writer: Led
     import ray
     from ray.exceptions import ObjectLostError, RayActorError, WorkerCrashedError
 
+    images = max(1, placement.images_per_worker)
+    options = {}
+    if images > 1:  # the images share the worker's cores: each RAW decode gets its share of OpenMP threads
+        options["runtime_env"] = {"env_vars": {"OMP_NUM_THREADS": str(placement.decode_threads)}}
     actor_cls = ray.remote(_Worker).options(num_cpus=placement.cpus_per_worker, num_gpus=placement.gpus_per_worker,
-                                            max_restarts=0, max_task_retries=0)
-    cfg = replace(config, device=placement.device, threads=placement.threads_per_worker)
+                                            max_restarts=0, max_task_retries=0, max_concurrency=images, **options)
+    cfg = replace(config, device=placement.device, threads=placement.threads_per_worker, images=images)
     outcome = Outcome()
     start = time.monotonic()
     queue = collections.deque(tasks)
@@ -89,7 +93,7 @@ def execute(tasks: list[ImageTask], config: WorkerConfig, placement, writer: Led
 
     def dispatch() -> None:
         for i in sorted(ready):
-            while queue and load[i] < IN_FLIGHT_PER_WORKER:
+            while queue and load[i] < images + QUEUED_PER_WORKER:
                 task = queue.popleft()
                 ref = actors[i].process.remote(task)
                 in_flight[ref] = (i, task)

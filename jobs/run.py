@@ -26,6 +26,7 @@ class JobOptions:
     settings: RenderSettings = field(default_factory=RenderSettings)
     workers: int | None = None
     cpus_per_worker: int | None = None
+    images_per_worker: int | None = None
     address: str | None = None
     ledger: str | None = None  # default <out>/ledger
     overwrite: bool = False
@@ -121,9 +122,10 @@ def launch(tasks: list[ImageTask], weights_path: str, opts: JobOptions, rec: Run
         write_run_record(ledger_dir, rec)
         return Outcome()
     cluster.connect(opts.address)
-    placement = cluster.plan(opts.workers, opts.device, opts.cpus_per_worker)
+    placement = cluster.plan(opts.workers, opts.device, opts.cpus_per_worker, opts.images_per_worker)
+    held = f", {placement.images_per_worker} images at once" if placement.images_per_worker > 1 else ""
     log(f"{rec.command} {rec.run_id}: {len(tasks)} images on {placement.workers} {placement.device} worker(s)"
-        f" x {placement.threads_per_worker} thread(s)"
+        f" x {placement.threads_per_worker} thread(s){held}"
         f" -> {rec.out}")
     writer = LedgerWriter(ledger_dir, rec.run_id)
     config = WorkerConfig(weights=weights_path, settings=opts.settings, max_pixels=opts.max_pixels)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -62,6 +63,7 @@ class WorkerConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS
     device: str = "cpu"
     threads: int = 1
+    images: int = 1  # images processed at once (threads of one actor); the model stage takes one at a time
 
 
 def output_mode(source: str) -> int:
@@ -79,16 +81,24 @@ class ImageProcessor:
     def __init__(self, config: WorkerConfig):
         import torch
         torch.set_num_threads(max(1, config.threads))
-        try:
-            import numba
-            numba.set_num_threads(max(1, min(config.threads, numba.config.NUMBA_NUM_THREADS)))
-        except (ImportError, ValueError):
-            pass
         self.config = config
+        self._use_threads()
         loaded = load_checkpoint(config.weights, device=config.device)
         self.retoucher = Retoucher(loaded, lut_size=config.settings.lut_size, device=config.device)
         self.settings_json = config.settings.to_json()
-        self._threads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="hash")
+        self._threads = ThreadPoolExecutor(max_workers=2 * max(1, config.images), thread_name_prefix="hash")
+        # one image at a time on the model: its kernels use all the worker's threads (or the GPU), device memory
+        # holds one image's strips, and numba's kernels are never launched from two threads at once (its default
+        # threading layer may not allow that)
+        self._model_lock = threading.Lock()
+
+    def _use_threads(self) -> None:
+        """numba's thread count is per calling thread: set it in whichever thread runs the model stage."""
+        try:
+            import numba
+            numba.set_num_threads(max(1, min(self.config.threads, numba.config.NUMBA_NUM_THREADS)))
+        except (ImportError, ValueError):
+            pass
 
     def _row(self, task: ImageTask, status: str, **kw) -> LedgerRow:
         info = self.retoucher.info
@@ -141,22 +151,26 @@ class ImageProcessor:
             pixels = decoded.pixels
             h, w = pixels.shape[:2]
             lap("decode")
-            if task.strengths is None:
-                strengths = [float(x) for x in self.retoucher.predict(pixels)]
-                lap("predict")
-            else:
-                strengths = [float(x) for x in task.strengths]
-            lut = self.retoucher.lut(strengths)
-            lap("bake")
-            self.retoucher.render(pixels, strengths, out=pixels, lut=lut)  # in place: no second full-res buffer
-            lap("apply")
+            with self._model_lock:
+                if self.config.images > 1:
+                    lap("wait")  # for another image's model stage
+                    self._use_threads()
+                if task.strengths is None:
+                    strengths = [float(x) for x in self.retoucher.predict(pixels)]
+                    lap("predict")
+                else:
+                    strengths = [float(x) for x in task.strengths]
+                lut = self.retoucher.lut(strengths)
+                lap("bake")
+                self.retoucher.render(pixels, strengths, out=pixels, lut=lut)  # in place: no second full-res buffer
+                lap("apply")
             if os.path.realpath(task.output) == os.path.realpath(src):
                 raise DecodeError("refusing to overwrite the source with its output")
 
             def write_output(f) -> None:
                 encode_to(f, pixels, s.output_format, jpeg_quality=s.jpeg_quality,
                           exif=None if s.strip_metadata else decoded.exif, tiff_compression=s.tiff_compression,
-                          threads=self.config.threads)
+                          threads=max(1, self.config.threads // max(1, self.config.images)))
             try:  # encoded straight into the file; its hash is read back while the file is synced
                 out_sha = write_atomic(task.output, write_output, output_mode(src), digest=self._threads,
                                        on_written=lambda: lap("encode"))

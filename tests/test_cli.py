@@ -254,6 +254,26 @@ def test_example_manifests_point_at_the_shared_data(tmp_path):
         assert len(m.entries) == n and all(os.path.isfile(e.source) for e in m.entries)
 
 
+def test_a_worker_holding_several_images_gives_the_same_outputs(first_run, archive, tmp_path):
+    """--images-per-worker: one worker decodes and encodes several images at once, one at a time on the model
+    (as a GPU worker does by default); the outputs are byte-identical to one image at a time."""
+    out = tmp_path / "held"
+    r = CliRunner().invoke(main, ["run", str(archive / "manifest.csv"), "--out", str(out), "--workers", "1",
+                                  "--images-per-worker", "3", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert "1 cpu worker(s) x 1 thread(s), 3 images at once" in r.output
+    one_at_a_time = {row.image_id: row for row in read_ledger(str(first_run[0] / "ledger"))}
+    rows = list(read_ledger(str(out / "ledger")))
+    assert sorted(row.image_id for row in rows) == sorted(one_at_a_time)
+    for row in rows:
+        assert row.status == "ok", row.error
+        assert row.output_sha256 == one_at_a_time[row.image_id].output_sha256, row.image_id
+        assert "wait" in json.loads(row.timings)  # time spent waiting for another image's model stage
+    # the worker really held several: some images were in progress at the same time
+    spans = sorted((row.created_at.timestamp() - row.seconds, row.created_at.timestamp()) for row in rows)
+    assert any(later[0] < earlier[1] - 0.01 for earlier, later in zip(spans, spans[1:]))
+
+
 def test_a_cpu_worker_runs_as_many_threads_as_cpus_it_claims(ray_cluster):
     """Ray's accounting holds: threads per worker = CPUs claimed, so workers never share a core unasked."""
     from jobs.cluster import plan
@@ -267,3 +287,7 @@ def test_a_cpu_worker_runs_as_many_threads_as_cpus_it_claims(ray_cluster):
     crowded = plan(4 * cpus, "cpu")  # more workers than CPUs: equal shares, so every one can start
     assert crowded.workers == 4 * cpus and crowded.cpus_per_worker * crowded.workers <= cpus
     assert crowded.threads_per_worker == 1
+    # a CPU worker holds one image unless asked; held images share its cores for RAW decoding
+    assert default.images_per_worker == 1
+    held = plan(1, "cpu", cpus_per_worker=cpus, images_per_worker=2)
+    assert (held.images_per_worker, held.decode_threads) == (2, max(1, cpus // 2))
