@@ -39,8 +39,23 @@ def connect(address: str | None) -> bool:
     return True
 
 
+# memory to keep free per image a worker holds: a decoded 24 MP image is 137 MiB, LibRaw's working copies of a
+# large RAW several times that
+HELD_IMAGE_BYTES = 1 << 30
+
+
 def plan(requested_workers: int | None, device: str = "auto", cpus_per_worker: int | None = None,
          images_per_worker: int | None = None) -> Placement:
+    """Ask Ray what the cluster has, then ``place`` the workers."""
+    import ray
+    res = ray.cluster_resources()
+    nodes = max(1, len([n for n in ray.nodes() if n.get("Alive")]))
+    return place(float(res.get("CPU", 1)), int(res.get("GPU", 0)), float(res.get("memory", 0)), nodes,
+                 requested_workers, device, cpus_per_worker, images_per_worker)
+
+
+def place(cpus: float, gpus: int, memory: float, nodes: int, requested_workers: int | None, device: str = "auto",
+          cpus_per_worker: int | None = None, images_per_worker: int | None = None) -> Placement:
     """One worker per GPU when the cluster has GPUs, else one per ``cpus_per_worker`` CPUs (default 1).
 
     A CPU worker claims its CPUs from Ray and runs exactly that many compute threads (LibRaw's OpenMP demosaic
@@ -48,24 +63,21 @@ def plan(requested_workers: int | None, device: str = "auto", cpus_per_worker: i
     someone else, and throughput grows with workers. Never ask for a GPU that does not exist; when more workers are
     asked for than the CPUs allow, each claims an equal share so all can start.
 
-    A GPU worker holds one image per core it claims by default (``images_per_worker``): the images decode and
-    encode side by side on the CPU, one at a time takes the model stage on the GPU, so the GPU is not left waiting
-    on one single-threaded demosaic. A CPU worker holds one image unless asked for more.
+    A GPU worker holds one image per core it claims by default (``images_per_worker``), as far as its share of
+    the cluster's memory allows (``HELD_IMAGE_BYTES`` each): the images decode and encode side by side on the CPU,
+    one at a time takes the model stage on the GPU, so the GPU is not left waiting on one single-threaded demosaic.
+    A CPU worker holds one image unless asked for more.
     """
-    import ray
-    res = ray.cluster_resources()
-    gpus = int(res.get("GPU", 0))
-    cpus = max(1.0, float(res.get("CPU", 1)))
-    use_gpu = gpus > 0 and device in ("auto", "cuda")
+    cpus = max(1.0, cpus)
     if device == "cuda" and gpus == 0:
         raise RuntimeError("--device cuda, but the Ray cluster has no GPUs")
-    nodes = max(1, len([n for n in ray.nodes() if n.get("Alive")]))
-    if use_gpu:
+    if gpus > 0 and device in ("auto", "cuda"):
         workers = max(1, requested_workers or gpus)
         # a GPU worker decodes and encodes on the CPU: it gets its node's cores shared among that node's workers
         threads = cpus_per_worker or max(1, int(cpus / nodes) // max(1, -(-workers // nodes)))
+        fits = int(memory / workers // HELD_IMAGE_BYTES) if memory > 0 else threads
         return Placement(workers, min(1.0, gpus / workers), min(float(threads), cpus / workers), threads, "cuda",
-                         images_per_worker or threads)
+                         images_per_worker or max(1, min(threads, fits)))
     per = max(1, cpus_per_worker or 1)
     workers = max(1, requested_workers or int(cpus // per) or 1)
     claim = min(float(per), cpus / workers)

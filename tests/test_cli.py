@@ -254,6 +254,23 @@ def test_example_manifests_point_at_the_shared_data(tmp_path):
         assert len(m.entries) == n and all(os.path.isfile(e.source) for e in m.entries)
 
 
+def test_gpu_workers_hold_one_image_per_core_as_memory_allows():
+    """The GPU placement, from the resources a cluster reports (no GPU needed to check the arithmetic)."""
+    from jobs.cluster import HELD_IMAGE_BYTES, place
+    gib = HELD_IMAGE_BYTES
+    one_gpu = place(16, 1, 64 * gib, 1, None)
+    assert (one_gpu.device, one_gpu.workers, one_gpu.gpus_per_worker) == ("cuda", 1, 1.0)
+    assert (one_gpu.threads_per_worker, one_gpu.images_per_worker, one_gpu.decode_threads) == (16, 16, 1)
+    two_nodes = place(32, 4, 48 * gib, 2, None)  # 2 GPUs per node share its 16 cores; 12 GiB each
+    assert (two_nodes.workers, two_nodes.threads_per_worker, two_nodes.images_per_worker) == (4, 8, 8)
+    tight = place(16, 1, 5.5 * gib, 1, None)  # memory, not cores, limits the images held
+    assert tight.images_per_worker == 5 and tight.decode_threads == 3
+    assert place(16, 1, 64 * gib, 1, None, images_per_worker=2).images_per_worker == 2
+    assert place(16, 1, 64 * gib, 1, None, device="cpu").device == "cpu"
+    with pytest.raises(RuntimeError, match="no GPUs"):
+        place(16, 0, 64 * gib, 1, None, device="cuda")
+
+
 def test_a_worker_holding_several_images_gives_the_same_outputs(first_run, archive, tmp_path):
     """--images-per-worker: one worker decodes and encodes several images at once, one at a time on the model
     (as a GPU worker does by default); the outputs are byte-identical to one image at a time."""
