@@ -87,9 +87,8 @@ class ImageProcessor:
         self.retoucher = Retoucher(loaded, lut_size=config.settings.lut_size, device=config.device)
         self.settings_json = config.settings.to_json()
         self._threads = ThreadPoolExecutor(max_workers=2 * max(1, config.images), thread_name_prefix="hash")
-        # one image at a time on the model: its kernels use all the worker's threads (or the GPU), device memory
-        # holds one image's strips, and numba's kernels are never launched from two threads at once (its default
-        # threading layer may not allow that)
+        # one image at a time on the model: its kernels use all the worker's threads (or the GPU), and device
+        # memory holds one image's strips
         self._model_lock = threading.Lock()
 
     def _use_threads(self) -> None:

@@ -5,6 +5,8 @@ strips, straight from uint16 to uint16 (or float32 to float32), so no full-resol
 """
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import torch
 
@@ -13,6 +15,9 @@ from numba import njit, prange, types
 from numba.core.extending import intrinsic
 
 DEFAULT_LUT_SIZE = 33
+# one parallel kernel at a time per process: a worker holding several images may decode one (an ICC conversion runs
+# a LUT) while another is rendered, and numba's fallback threading layer (workqueue) aborts on concurrent launches
+_KERNEL_LOCK = threading.Lock()
 
 
 def identity_grid(size: int) -> torch.Tensor:
@@ -225,7 +230,7 @@ def _apply_f32(src, flat, n, dst):
 
 
 @njit(parallel=True, error_model="numpy", cache=True)
-def box_average_u16(src, k, dst):
+def _box_average_u16(src, k, dst):
     """dst[y, x] = mean of the k x k block of uint16 src at (y, x), scaled to [0, 1]: a cheap exact box filter.
 
     Whole source rows are summed into an integer row (sequential, vectorized reads; exact sums; k <= 256 keeps
@@ -249,6 +254,13 @@ def box_average_u16(src, k, dst):
                 dst[y, x, c] = np.float32(total) * scale
 
 
+def box_average_u16(src: np.ndarray, k: int, dst: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint16 -> ``dst`` (H // k, W // k, 3) float32: the mean of each k x k block, scaled to [0, 1]."""
+    with _KERNEL_LOCK:
+        _box_average_u16(src, k, dst)
+    return dst
+
+
 def apply_lut_u16(pixels: np.ndarray, lut: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """(H, W, 3) uint16 -> (H, W, 3) uint16 through ``lut``; may write in place (``out=pixels``)."""
     if pixels.dtype != np.uint16 or pixels.ndim != 3 or pixels.shape[2] != 3:
@@ -261,7 +273,8 @@ def apply_lut_u16(pixels: np.ndarray, lut: np.ndarray, out: np.ndarray | None = 
         return out
     table = np.zeros(lut.shape[:3] + (4,), np.float32)  # 4 channels: one vector load per corner
     table[..., :3] = lut
-    _apply_u16(pixels, table.reshape(-1), table.shape[0], out)
+    with _KERNEL_LOCK:
+        _apply_u16(pixels, table.reshape(-1), table.shape[0], out)
     return out
 
 
@@ -270,7 +283,8 @@ def apply_lut_f32(pixels: np.ndarray, lut: np.ndarray) -> np.ndarray:
     pixels = np.ascontiguousarray(pixels, dtype=np.float32)
     out = np.empty_like(pixels)
     table = np.ascontiguousarray(lut, dtype=np.float32)
-    _apply_f32(pixels, table.reshape(-1), table.shape[0], out)
+    with _KERNEL_LOCK:
+        _apply_f32(pixels, table.reshape(-1), table.shape[0], out)
     return out
 
 
@@ -285,7 +299,8 @@ def apply_lut_planar(image: torch.Tensor, lut: torch.Tensor, domain: tuple[float
     src = np.ascontiguousarray(image.float().numpy())
     table = np.ascontiguousarray(lut.float().numpy())
     out = np.empty_like(src)
-    _apply_planar_f32(src, table.reshape(-1), table.shape[0], np.float32(domain[0]), np.float32(domain[1]), out)
+    with _KERNEL_LOCK:
+        _apply_planar_f32(src, table.reshape(-1), table.shape[0], np.float32(domain[0]), np.float32(domain[1]), out)
     return torch.from_numpy(out)
 
 

@@ -161,3 +161,14 @@ def test_cuda_render_and_predict():
     assert np.abs(cpu.predict(px) - gpu.predict(px)).max() < 1e-3
     s = cpu.predict(px)
     assert np.abs(gpu.render(px, s).astype(int) - cpu.render(px, s).astype(int)).max() <= 2
+
+
+def test_kernels_called_from_several_threads_give_the_same_results():
+    """A worker holding several images runs decodes (ICC conversions use a LUT) beside renders: same bytes."""
+    from concurrent.futures import ThreadPoolExecutor
+    lut = bake_lut(load_checkpoint(None).model, [0.3, 0.5, -0.2], 17)
+    images = [synthetic_photo(120 + 8 * i, 160) for i in range(6)]
+    alone = [apply_lut_u16(px, lut) for px in images]
+    with ThreadPoolExecutor(3) as pool:
+        together = list(pool.map(lambda px: apply_lut_u16(px, lut), images * 3))
+    assert all(np.array_equal(a, b) for a, b in zip(alone * 3, together))
