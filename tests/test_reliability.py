@@ -134,11 +134,14 @@ def test_kill_9_at_random_points_repeatedly(kill_corpus, trial):
     kill_driver_then_resume(work, n, after_outputs=random.Random(trial).randint(0, n - 1), seed=trial)
 
 
-def test_a_killed_worker_is_replaced_and_its_images_retried(kill_corpus):
+@pytest.mark.parametrize("held", [[], ["--images-per-worker", "3"]], ids=["one-image", "three-images-held"])
+def test_a_killed_worker_is_replaced_and_its_images_retried(kill_corpus, held):
+    """Every image the killed worker held (one, or several at once) is retried; each lands exactly once."""
     work, n = kill_corpus
     out = work / "out"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen([*CLI, "run", str(work / "m.csv"), "--out", str(out), "--workers", "2", "--no-progress"],
+    proc = subprocess.Popen([*CLI, "run", str(work / "m.csv"), "--out", str(out), "--workers", "2", "--no-progress",
+                             *held],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
                             env=env)
     killed = 0
