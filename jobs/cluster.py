@@ -5,6 +5,8 @@ import logging
 import os
 from dataclasses import dataclass
 
+from .worker import threads_per_image
+
 
 @dataclass(frozen=True)
 class Placement:
@@ -18,7 +20,7 @@ class Placement:
     @property
     def decode_threads(self) -> int:
         """OpenMP threads for each image's RAW decode: the worker's cores shared among the images it holds."""
-        return max(1, self.threads_per_worker // self.images_per_worker)
+        return threads_per_image(self.threads_per_worker, self.images_per_worker)
 
 
 def connect(address: str | None) -> bool:

@@ -65,6 +65,16 @@ class WorkerConfig:
     threads: int = 1
     images: int = 1  # images processed at once (threads of one actor); the model stage takes one at a time
 
+    @property
+    def threads_per_image(self) -> int:
+        return threads_per_image(self.threads, self.images)
+
+
+def threads_per_image(threads: int, images: int) -> int:
+    """Threads for one held image's decode and encode: the worker's threads shared among the images it holds
+    (the model stage, one image at a time, uses them all)."""
+    return max(1, threads // max(1, images))
+
 
 def output_mode(source: str) -> int:
     """Outputs never get wider permissions than their source (and stay readable and writable by the owner)."""
@@ -169,7 +179,7 @@ class ImageProcessor:
             def write_output(f) -> None:
                 encode_to(f, pixels, s.output_format, jpeg_quality=s.jpeg_quality,
                           exif=None if s.strip_metadata else decoded.exif, tiff_compression=s.tiff_compression,
-                          threads=max(1, self.config.threads // max(1, self.config.images)))
+                          threads=self.config.threads_per_image)
             try:  # encoded straight into the file; its hash is read back while the file is synced
                 out_sha = write_atomic(task.output, write_output, output_mode(src), digest=self._threads,
                                        on_written=lambda: lap("encode"))

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import LoadedModel
-from .lut import DEFAULT_LUT_SIZE, apply_lut_u16, bake_lut, bake_table, box_average_u16
+from .lut import DEFAULT_LUT_SIZE, apply_lut_torch, apply_lut_u16, bake_lut, bake_table, box_average_u16
 
 EXACT_STRIP_PIXELS = 1 << 18
 
@@ -85,7 +85,6 @@ class Retoucher:
         """
         strengths = self.model.predict_strengths(thumbnail_tensor(image, self.info.prediction_size),
                                                  self.lut_size)[0]
-        from .lut import apply_lut_torch
         return apply_lut_torch(image, bake_table(self.model, strengths, self.lut_size)), strengths
 
     def warm_up(self) -> None:
@@ -127,7 +126,6 @@ GPU_STRIP_PIXELS = 1 << 23
 @torch.inference_mode()
 def render_lut_torch(pixels: np.ndarray, lut: np.ndarray, device: str, out: np.ndarray | None = None) -> np.ndarray:
     """The LUT applied with torch on ``device`` (the GPU path), strip by strip, uint16 in and out."""
-    from .lut import apply_lut_torch
     out = np.empty_like(pixels) if out is None else out
     table = torch.from_numpy(lut).to(device)
     rows = max(1, GPU_STRIP_PIXELS // max(1, pixels.shape[1]))
