@@ -198,55 +198,100 @@ def eval_(pairs, weights, as_json):
         click.echo(f"  {'mean':<12}{r.psnr:8.2f}{r.ssim:8.4f}{r.delta_e:8.2f}   ({r.psnr_input:.2f})  n={r.n}")
 
 
+FINETUNE_ONLY = ("init", "init_operators", "iters", "lr", "trainable", "val", "val_ids", "eval_every", "init_iters", "photos",
+                 "teacher", "real_fraction")
+
+
 @main.command()
 @click.option("--pairs", "pairs", multiple=True, required=True, type=click.Path(exists=True),
               help="Pairs folder (input/ + target/) or pairs CSV; repeatable.")
-@click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Training folder (resumable).")
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Training folder.")
+@click.option("--recipe", type=click.Choice(["auto", "style", "finetune"]), default="auto", show_default=True,
+              help="style: learn a look plus per-image strengths from a few pairs (picks its own settings); "
+                   "finetune: gradient training of NeurOp's parameters (the options marked finetune). auto: finetune "
+                   "when any fine-tuning option is given, else style.")
 @click.option("--init", default=None, type=click.Path(dir_okay=False, exists=True),
-              help="Start from these weights (e.g. the shipped default, for a personal style).")
+              help="finetune: start from these weights (own or official NeurOp) [none: from scratch].")
 @click.option("--init-operators", default=None, type=click.Path(dir_okay=False, exists=True),
-              help="Start the operators from the official init_renderer.pth instead of analytic operators.")
-@click.option("--iters", type=click.IntRange(min=1), default=1000, show_default=True)
-@click.option("--lr", type=float, default=5e-5, show_default=True)
-@click.option("--trainable", type=click.Choice(["all", "predictors", "heads", "operators"]), default="all",
-              show_default=True, help="Which parameters move (fewer overfit less on few pairs).")
-@click.option("--val", type=click.IntRange(min=0), default=0, show_default=True, help="Pairs held out for validation.")
-@click.option("--val-ids", default="", help="Comma-separated pair ids to hold out (instead of --val).")
-@click.option("--eval-every", type=click.IntRange(min=1), default=100, show_default=True)
-@click.option("--init-iters", type=click.IntRange(min=0), default=2000, show_default=True,
-              help="Operator-initialization iterations per operator (training from scratch).")
+              help="finetune: start the operators from the official init_renderer.pth instead of analytic operators.")
+@click.option("--iters", type=click.IntRange(min=1), default=None, help="finetune: iterations [1000].")
+@click.option("--lr", type=float, default=None, help="finetune: learning rate [5e-5].")
+@click.option("--trainable", type=click.Choice(["all", "predictors", "heads", "operators"]), default=None,
+              help="finetune: which parameters move (fewer overfit less on few pairs) [all].")
+@click.option("--val", type=click.IntRange(min=0), default=None, help="finetune: pairs held out for validation [0].")
+@click.option("--val-ids", default=None, help="finetune: comma-separated pair ids to hold out (instead of --val).")
+@click.option("--eval-every", type=click.IntRange(min=1), default=None, help="finetune: iterations between scores [100].")
+@click.option("--init-iters", type=click.IntRange(min=0), default=None,
+              help="finetune: operator-initialization iterations per operator, from scratch [2000].")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--photos", multiple=True, type=click.Path(exists=True),
-              help="Unlabeled photos (folder or manifest): distort-and-recover pairs, or --teacher's retouches.")
+              help="finetune: unlabeled photos (folder or manifest): distort-and-recover pairs, or --teacher's "
+                   "retouches.")
 @click.option("--teacher", default=None, type=click.Path(dir_okay=False, exists=True),
-              help="With --photos: distil this model's retouches of the photos.")
-@click.option("--real-fraction", type=click.FloatRange(0, 1), default=0.5, show_default=True,
-              help="With --photos: share of iterations on the real pairs.")
-@click.option("--cv", type=click.IntRange(min=2), default=None,
-              help="K-fold cross-validation of this recipe instead of one training (writes cv.json).")
+              help="finetune, with --photos: distil this model's retouches of the photos.")
+@click.option("--real-fraction", type=click.FloatRange(0, 1), default=None,
+              help="finetune, with --photos: share of iterations on the real pairs [0.5].")
+@click.option("--cv", default=None, metavar="loo|K",
+              help="Cross-validate the recipe instead of training once: leave-one-out over every pair ('loo') or "
+                   "K folds; prints and writes (cv.json) bootstrap intervals of the per-pair gains.")
+@click.option("--cv-repeats", type=click.IntRange(min=1), default=1, show_default=True,
+              help="With --cv K: repeat K-fold with this many shuffles.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @user_errors
-def train(pairs, out, init, init_operators, iters, lr, trainable, val, val_ids, eval_every, init_iters, seed, photos,
-          teacher, real_fraction, cv, device):
-    """Train or fine-tune a model on before/after pairs; writes best.pt, last.pt, loss.csv and loss.png."""
+def train(pairs, out, recipe, seed, cv, cv_repeats, device, **finetune):
+    """Learn a style or fine-tune a model from before/after pairs; writes best.pt (run --weights OUT/best.pt)."""
+    given = sorted(k for k in FINETUNE_ONLY if finetune[k] not in (None, ()))
+    if recipe == "style" and given:
+        raise click.UsageError(f"--recipe style picks its own settings; {', '.join('--' + k.replace('_', '-') for k in given)} "
+                               "belong to --recipe finetune")
+    if recipe == "finetune" or (recipe == "auto" and given):
+        _finetune(pairs, out, seed, cv, cv_repeats, device, finetune)
+    else:
+        _learn_style(pairs, out, seed, cv, cv_repeats)
+
+
+def _learn_style(pairs, out, seed, cv, cv_repeats):
+    from pipeline.style import cross_validate_style, learn_style
+    from pipeline.train import load_pairs
+    found = load_pairs(list(pairs))
+    if cv:
+        from pipeline.crossval import format_summary
+        r = cross_validate_style(found, out, None, _cv_folds(cv), cv_repeats, seed, log=click.echo)
+        click.echo(format_summary(r) + f"\n({out}/cv.json)")
+        return
+    click.echo(f"learning a style from {len(found)} pair(s)")
+    r = learn_style(found, out, seed, log=click.echo)
+    click.echo(f"done in {r['seconds']:.0f} s: recipe {r['recipe']['name']}; the pairs' PSNR {r['input_psnr']:.2f} "
+               f"-> {r['training_psnr']:.2f} dB. Use it: retouch-batch run MANIFEST --weights {r['weights']}")
+
+
+def _finetune(pairs, out, seed, cv, cv_repeats, device, options):
     import torch
     from pipeline.train import TrainConfig, train as run_training
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    cfg = TrainConfig(pairs=list(pairs), out=out, init=init, init_operators=init_operators, iters=iters, lr=lr,
-                      trainable=trainable, val=val, val_ids=[v for v in val_ids.split(",") if v], seed=seed,
-                      eval_every=eval_every, init_iters=init_iters, photos=list(photos), teacher=teacher,
-                      real_fraction=real_fraction, device=device)
+    chosen = {k: v for k, v in options.items() if v not in (None, ())}
+    if "val_ids" in chosen:
+        chosen["val_ids"] = [v for v in chosen["val_ids"].split(",") if v]
+    cfg = TrainConfig(pairs=list(pairs), out=out, seed=seed, device=device,
+                      **{k: list(v) if k == "photos" else v for k, v in chosen.items()})
     if cv:
+        from pipeline.crossval import format_summary
         from pipeline.train import cross_validate
-        r = cross_validate(cfg, cv, log=click.echo)
-        i, f = r["initial"], r["final"]
-        click.echo(f"cross-validation, {cv} folds, per-pair means on held-out pairs: PSNR {i['val_psnr']:.2f} -> "
-                   f"{f['val_psnr']:.2f}, SSIM {i['val_ssim']:.4f} -> {f['val_ssim']:.4f}, dE76 "
-                   f"{i['val_delta_e']:.2f} -> {f['val_delta_e']:.2f} ({out}/cv.json)")
+        r = cross_validate(cfg, _cv_folds(cv), cv_repeats, log=click.echo)
+        click.echo(format_summary(r) + f"\n({out}/cv.json)")
         return
     result = run_training(cfg, log=click.echo)
     click.echo(f"done: {out}/best.pt (best {json.dumps(result['best'])}); {out}/last.pt after {cfg.iters} iterations")
+
+
+def _cv_folds(cv: str) -> int | None:
+    """'loo' -> None (leave-one-out), a number -> that many folds."""
+    if cv.lower() == "loo":
+        return None
+    if not cv.isdigit() or int(cv) < 2:
+        raise click.BadParameter("give 'loo' or a number of folds >= 2", param_hint="--cv")
+    return int(cv)
 
 
 @main.command()

@@ -69,6 +69,20 @@ def load_float(path: str) -> np.ndarray:
 
 
 @torch.inference_mode()
+def score_pair(model, image_id: str, a: np.ndarray, b: np.ndarray) -> PairScore:
+    """One pair through ``model`` (its ``forward`` on the whole image), scored against the target."""
+    device = next(model.parameters()).device
+    out, _ = model(torch.from_numpy(a).permute(2, 0, 1)[None].to(device))
+    o = out[0].permute(1, 2, 0).cpu().numpy()
+    return PairScore(image_id, psnr(o, b), ssim(o, b), delta_e76(o, b), psnr(a, b))
+
+
+def score_arrays(model, pairs: list[tuple[str, np.ndarray, np.ndarray]]) -> list[PairScore]:
+    """Per-pair scores of ``model`` on pairs already in memory ((id, input, target) float32 arrays)."""
+    return [score_pair(model, i, a, b) for i, a, b in pairs]
+
+
+@torch.inference_mode()
 def evaluate(pairs: list[tuple[str, str, str]], weights: str | None = None, model=None) -> EvalResult:
     """The full image through the exact network, output clamped to [0, 1], no 8-bit rounding (as the reference)."""
     if model is None:
@@ -81,8 +95,6 @@ def evaluate(pairs: list[tuple[str, str, str]], weights: str | None = None, mode
         a, b = load_float(inp), load_float(tgt)
         if a.shape != b.shape:
             raise ValueError(f"{inp}: size {a.shape[:2]} differs from its target {b.shape[:2]}")
-        out, _ = model(torch.from_numpy(a).permute(2, 0, 1)[None])
-        o = out[0].permute(1, 2, 0).numpy()
-        scores.append(PairScore(image_id, psnr(o, b), ssim(o, b), delta_e76(o, b), psnr(a, b)))
+        scores.append(score_pair(model, image_id, a, b))
     mean = lambda k: float(np.mean([getattr(s, k) for s in scores]))  # noqa: E731
     return EvalResult(name, len(scores), mean("psnr"), mean("ssim"), mean("delta_e"), mean("psnr_input"), scores)

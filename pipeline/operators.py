@@ -37,7 +37,8 @@ def vibrance(img: torch.Tensor, vib: torch.Tensor | float) -> torch.Tensor:
     v = _per_image(vib, img) / 1.4
     lin = srgb_to_linear(img)
     avg = lin.mean(dim=1, keepdim=True)
-    d = ((avg - lin) ** 2).sum(dim=1, keepdim=True).sqrt()
+    # the floor keeps the gradients finite at grey pixels (sqrt and 0 ** v at 0), whose output does not depend on p
+    d = ((avg - lin) ** 2).sum(dim=1, keepdim=True).clamp(min=1e-12).sqrt()
     p = v * (1 - d.clamp(0, 1) ** v.abs())
     return linear_to_srgb(avg + (1 + p) * (lin - avg))
 

@@ -266,30 +266,23 @@ def _curve_scores(row: dict) -> dict:
             "val_delta_e": float(row["val_delta_e"])}
 
 
-def cross_validate(cfg: TrainConfig, folds: int, log=print) -> dict:
-    """K-fold cross-validation of a recipe: every pair is held out once; the model after the fixed iteration
-    budget (not the best-on-validation one) is scored, beside the starting weights on the same held-out pairs."""
-    ids = sorted(p[0] for p in load_pairs(cfg.pairs))
-    if not 2 <= folds <= len(ids):
-        raise ValueError(f"--cv must be between 2 and the number of pairs ({len(ids)})")
-    random.Random(cfg.seed).shuffle(ids)
-    results = []
-    for k in range(folds):
-        held = ids[k::folds]
-        fold_cfg = replace(cfg, val=0, val_ids=held, out=str(Path(cfg.out) / f"fold{k}"), eval_every=cfg.iters)
-        log(f"fold {k + 1}/{folds}: holding out {', '.join(held)}")
-        r = train(fold_cfg, log=lambda *_: None)
-        results.append({"fold": k, "held_out": held, "initial": r["initial"], "final": r["final"]})
-        log(f"  held-out PSNR {r['initial']['val_psnr']:.2f} -> {r['final']['val_psnr']:.2f}, "
-            f"SSIM {r['initial']['val_ssim']:.4f} -> {r['final']['val_ssim']:.4f}, "
-            f"dE {r['initial']['val_delta_e']:.2f} -> {r['final']['val_delta_e']:.2f}")
-    def mean(which, key):  # weighted by fold size: a per-pair mean
-        return sum(r[which][key] * len(r["held_out"]) for r in results) / len(ids)
-    summary = {which: {key: round(mean(which, key), 4) for key in ("val_psnr", "val_ssim", "val_delta_e")}
-               for which in ("initial", "final")}
-    summary["folds"] = results
-    (Path(cfg.out) / "cv.json").write_text(json.dumps(summary, indent=1))
-    return summary
+def cross_validate(cfg: TrainConfig, folds: int | None = None, repeats: int = 1, log=print) -> dict:
+    """Cross-validation of a fine-tuning recipe over every pair (leave-one-out unless ``folds``): the model after
+    the fixed iteration budget (not the best-on-validation one) scores each held-out pair, paired with the starting
+    weights on the same pair. Writes cv.json with bootstrap intervals of the gains (pipeline.crossval)."""
+    from .crossval import cross_validate as run_cv
+
+    pairs = load_pairs(cfg.pairs)
+    start = load_checkpoint(cfg.init).model if cfg.init else None
+    if start is None:
+        raise ValueError("cross-validation compares against the starting weights: give --init")
+
+    def fit(train_pairs, fold_out: Path):
+        held = sorted({p[0] for p in pairs} - {p[0] for p in train_pairs})
+        train(replace(cfg, val=0, val_ids=held, out=str(fold_out), eval_every=cfg.iters), log=lambda *_: None)
+        return load_checkpoint(fold_out / "last.pt").model
+
+    return run_cv(pairs, fit, start, cfg.out, folds=folds, repeats=repeats, seed=cfg.seed, log=log)
 
 
 def _val_scores(model, val_pairs) -> tuple[float, float, float]:

@@ -83,17 +83,22 @@ def test_training_from_scratch_initializes_operators(two_pairs, tmp_path):
     assert up > down
 
 
-def test_cross_validation_holds_every_pair_out_once(two_pairs, lite_weights, tmp_path):
-    r = _train(["--pairs", str(two_pairs), "--init", str(lite_weights), "--iters", "2", "--cv", "3",
+def test_cross_validation_holds_every_pair_out_once_with_paired_intervals(two_pairs, lite_weights, tmp_path):
+    r = _train(["--pairs", str(two_pairs), "--init", str(lite_weights), "--iters", "2", "--cv", "loo",
                 "--trainable", "heads"], tmp_path / "cv")
-    assert "cross-validation, 3 folds" in r.output
+    assert "cross-validation (leave-one-out, 3 pairs)" in r.output and "95% interval" in r.output
     cv = json.loads((tmp_path / "cv" / "cv.json").read_text())
     held = sorted(i for f in cv["folds"] for i in f["held_out"])
-    assert held == ["a0481", "a2917", "a3102"]
-    for f in cv["folds"]:
-        assert f["initial"]["iteration"] == 0 and f["final"]["iteration"] == 2
-        assert f["initial"]["val_psnr"] != f["final"]["val_psnr"]
-    assert set(cv["initial"]) == {"val_psnr", "val_ssim", "val_delta_e"}
+    assert held == ["a0481", "a2917", "a3102"] and cv["scheme"] == "leave-one-out"
+    for i, p in cv["per_pair"].items():
+        assert p["start"]["psnr"] != p["trained"]["psnr"]
+    gain = cv["gain"]["psnr"]
+    assert gain["low"] <= gain["mean"] <= gain["high"]
+    assert abs(gain["mean"] - (cv["trained"]["psnr"] - cv["start"]["psnr"])) < 1e-9
+    assert isinstance(cv["replaces_start"], bool) and cv["reason"]
+    r = CliRunner().invoke(main, ["train", "--pairs", str(two_pairs), "--init", str(lite_weights), "--cv", "x",
+                                  "--out", str(tmp_path / "bad")])
+    assert r.exit_code == 2 and "'loo' or a number of folds" in r.output
 
 
 def test_training_with_photos_distorted_or_distilled(two_pairs, lite_weights, tmp_path):

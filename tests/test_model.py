@@ -159,7 +159,7 @@ def test_operator_init_checkpoint_is_refused_for_rendering_with_a_hint():
 
 def test_shipped_default_weights_are_trained_not_identity():
     loaded = load_checkpoint(None)
-    assert loaded.info.model == "neurop" and loaded.info.training
+    assert loaded.info.model == "neurop" and "neurop_fivek_lite.pth" in loaded.info.source
     # a trained model changes a mid-grey-ish photo; identity or random weights would not produce a sane retouch
     rng = np.random.default_rng(0)
     img = torch.from_numpy(rng.uniform(0.2, 0.6, (1, 3, 64, 64)).astype(np.float32))

@@ -42,4 +42,4 @@ def registered_models() -> list[str]:
 
 
 def _load_builtin() -> None:
-    from . import neurop  # noqa: F401  (registers itself)
+    from . import neurop, style_look  # noqa: F401  (register themselves)
