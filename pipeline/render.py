@@ -37,10 +37,10 @@ def thumbnail(pixels: np.ndarray, long_side: int) -> torch.Tensor:
         box_average_u16(np.ascontiguousarray(pixels), k, small)
     else:
         small = pixels.astype(np.float32) / 65535.0
-    return _resize_long_side(torch.from_numpy(np.ascontiguousarray(small)).permute(2, 0, 1).unsqueeze(0), long_side)
+    return resize_long_side(torch.from_numpy(np.ascontiguousarray(small)).permute(2, 0, 1).unsqueeze(0), long_side)
 
 
-def _resize_long_side(image: torch.Tensor, long_side: int) -> torch.Tensor:
+def resize_long_side(image: torch.Tensor, long_side: int) -> torch.Tensor:
     scale = long_side / max(image.shape[-2:])
     size = (max(1, round(image.shape[-2] * scale)), max(1, round(image.shape[-1] * scale)))
     return F.interpolate(image, size=size, mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
@@ -55,7 +55,7 @@ def thumbnail_tensor(image: torch.Tensor, long_side: int) -> torch.Tensor:
     if max(h, w) <= long_side:
         return image
     k = box_factor(h, w, long_side)
-    return _resize_long_side(F.avg_pool2d(image, k) if k > 1 else image, long_side)
+    return resize_long_side(F.avg_pool2d(image, k) if k > 1 else image, long_side)
 
 
 class Retoucher:

@@ -29,12 +29,14 @@ from .checkpoint import SRGB_RENDITION, ModelInfo, load_checkpoint, save_checkpo
 from .lut import DEFAULT_LUT_SIZE as BAKE_SIZE, apply_lut_f32, bake_lut
 from .lutfit import fit_lut
 from .metrics import psnr
+from .render import resize_long_side
 from .models.style_look import (DEFAULT_LOOK_SIZE, OPERATORS, STATISTICS, STRENGTH_RANGES, StyleLook,
                                 apply_operators, image_statistics, render_pixel_batches)
 
 Pair = tuple[str, np.ndarray, np.ndarray]
 
 MIN_PAIRS_TO_ADAPT = 4
+TRAINING_LONG_SIDE = 512
 ROUNDS = 2  # strengths <-> look
 STRENGTH_STEPS = 40
 STRENGTH_LR = 0.05
@@ -211,6 +213,17 @@ def choose_recipe(pairs: list[Pair], seed: int = 0, log=print) -> tuple[StyleRec
     return best, {"leave_one_out_psnr": summary, "per_pair_psnr": scores}
 
 
+def at_training_size(pairs: list[Pair], long_side: int = TRAINING_LONG_SIDE) -> list[Pair]:
+    """Pairs shrunk (antialiased) to ``long_side``: a look is a colour function, and 512 pixels are what the
+    strengths are predicted from at run time; larger pairs only cost time and memory."""
+    out = []
+    for image_id, a, b in pairs:
+        if max(a.shape[:2]) > long_side:
+            a, b = (resize_long_side(_tensor(x), long_side)[0].permute(1, 2, 0).contiguous().numpy() for x in (a, b))
+        out.append((image_id, a, b))
+    return out
+
+
 def cross_validate_style(pairs: list[Pair], out: str | Path, start: str | None = None, folds: int | None = None,
                          repeats: int = 1, seed: int = 0, log=print) -> dict:
     """The whole style recipe (its own choice included) cross-validated against ``start`` (default: the shipped
@@ -221,7 +234,7 @@ def cross_validate_style(pairs: list[Pair], out: str | Path, start: str | None =
         recipe, _ = choose_recipe(train_pairs, seed, log=lambda *_: None)
         return fit_style(train_pairs, recipe, seed)
 
-    return cross_validate(pairs, fit, load_checkpoint(start).model, out, folds, repeats, seed, log)
+    return cross_validate(at_training_size(pairs), fit, load_checkpoint(start).model, out, folds, repeats, seed, log)
 
 
 def learn_style(pairs: list[Pair], out: str | Path, seed: int = 0, log=print) -> dict:
@@ -229,6 +242,7 @@ def learn_style(pairs: list[Pair], out: str | Path, seed: int = 0, log=print) ->
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
+    pairs = at_training_size(pairs)
     recipe, selection = choose_recipe(pairs, seed, log)
     model = fit_style(pairs, recipe, seed)
     info = ModelInfo(model=StyleLook.name, model_version=StyleLook.version, operators=OPERATORS,

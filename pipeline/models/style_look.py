@@ -33,6 +33,7 @@ STATISTICS = tuple(f"log2 luminance q{round(q * 100)}" for q in LUMINANCE_QUANTI
     "log2 mean luminance", "mean chroma", "chroma q90")
 LOG_FLOOR = 1e-3  # keeps log2 of black pixels finite (-10)
 DEFAULT_LOOK_SIZE = 17
+STATISTICS_MAX_PIXELS = 1 << 22
 
 
 def image_statistics(image: torch.Tensor) -> torch.Tensor:
@@ -41,6 +42,8 @@ def image_statistics(image: torch.Tensor) -> torch.Tensor:
     Logs of linear luminance make an exposure change a shift of the first eight columns; chroma = max - min of RGB.
     """
     rgb = image.clamp(0, 1).flatten(2)  # (B, 3, N)
+    if rgb.shape[2] > STATISTICS_MAX_PIXELS:  # torch.quantile's limit; an even subset has the same statistics
+        rgb = rgb[:, :, ::-(-rgb.shape[2] // STATISTICS_MAX_PIXELS)]
     weights = torch.tensor(LUMINANCE, dtype=rgb.dtype, device=rgb.device)
     luminance = torch.einsum("bcn,c->bn", srgb_to_linear(rgb), weights)
     levels = torch.tensor(LUMINANCE_QUANTILES, dtype=rgb.dtype, device=rgb.device)
