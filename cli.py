@@ -198,8 +198,8 @@ def eval_(pairs, weights, as_json):
         click.echo(f"  {'mean':<12}{r.psnr:8.2f}{r.ssim:8.4f}{r.delta_e:8.2f}   ({r.psnr_input:.2f})  n={r.n}")
 
 
-FINETUNE_ONLY = ("init", "init_operators", "iters", "lr", "trainable", "val", "val_ids", "eval_every", "init_iters", "photos",
-                 "teacher", "real_fraction")
+FINETUNE_ONLY = ("init", "init_operators", "iters", "lr", "trainable", "val", "val_ids", "eval_every", "init_iters",
+                 "photos", "teacher", "real_fraction")
 
 
 @main.command()
@@ -220,7 +220,8 @@ FINETUNE_ONLY = ("init", "init_operators", "iters", "lr", "trainable", "val", "v
               help="finetune: which parameters move (fewer overfit less on few pairs) [all].")
 @click.option("--val", type=click.IntRange(min=0), default=None, help="finetune: pairs held out for validation [0].")
 @click.option("--val-ids", default=None, help="finetune: comma-separated pair ids to hold out (instead of --val).")
-@click.option("--eval-every", type=click.IntRange(min=1), default=None, help="finetune: iterations between scores [100].")
+@click.option("--eval-every", type=click.IntRange(min=1), default=None,
+              help="finetune: iterations between scores [100].")
 @click.option("--init-iters", type=click.IntRange(min=0), default=None,
               help="finetune: operator-initialization iterations per operator, from scratch [2000].")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -242,8 +243,8 @@ def train(pairs, out, recipe, seed, cv, cv_repeats, device, **finetune):
     """Learn a style or fine-tune a model from before/after pairs; writes best.pt (run --weights OUT/best.pt)."""
     given = sorted(k for k in FINETUNE_ONLY if finetune[k] not in (None, ()))
     if recipe == "style" and given:
-        raise click.UsageError(f"--recipe style picks its own settings; {', '.join('--' + k.replace('_', '-') for k in given)} "
-                               "belong to --recipe finetune")
+        options = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise click.UsageError(f"--recipe style picks its own settings; {options} belong to --recipe finetune")
     if recipe == "finetune" or (recipe == "auto" and given):
         _finetune(pairs, out, seed, cv, cv_repeats, device, finetune)
     else:
