@@ -114,14 +114,14 @@ def _operated(images: list[np.ndarray], strengths: torch.Tensor) -> list[np.ndar
             for i, img in enumerate(images)]
 
 
-def fit_look(pairs: list[Pair], recipe: StyleRecipe, seed: int = 0) -> FittedLook:
+def fit_look(pairs: list[Pair], recipe: StyleRecipe, statistics: torch.Tensor, seed: int = 0) -> FittedLook:
     """The look for the starting strengths, then (adaptive) ROUNDS times: the strengths for the look, the look
-    for them."""
+    for them. ``statistics``: the inputs' image_statistics, (M, len(STATISTICS))."""
     adaptive, look_size, smoothness = recipe.look_key
     inputs, targets = [p[1] for p in pairs], [p[2] for p in pairs]
     # every second pixel along each axis is plenty for a global colour fit and 4x cheaper
     inputs_fit, targets_fit = [a[::2, ::2] for a in inputs], [b[::2, ::2] for b in targets]
-    strengths = equalized_exposures(inputs) if adaptive else torch.zeros(len(pairs), len(OPERATORS))
+    strengths = equalized_exposures(statistics) if adaptive else torch.zeros(len(pairs), len(OPERATORS))
     look = torch.from_numpy(fit_lut(_operated(inputs_fit, strengths), targets_fit, look_size,
                                     smoothness=smoothness))
     if adaptive:
@@ -133,13 +133,13 @@ def fit_look(pairs: list[Pair], recipe: StyleRecipe, seed: int = 0) -> FittedLoo
     return FittedLook(look, strengths)
 
 
-def equalized_exposures(images: list[np.ndarray]) -> torch.Tensor:
-    """Starting strengths for an adaptive style: exposures that bring every photo's mean linear luminance to their
-    common (geometric) mean, the usual per-photo correction, which the search then refines; small non-zero black
-    point and vibrance, since vibrance has no slope at exactly 0."""
-    log_mean = _statistics(images)[:, STATISTICS.index("log2 mean luminance")]
+def equalized_exposures(statistics: torch.Tensor) -> torch.Tensor:
+    """Starting strengths for an adaptive style, from the photos' image_statistics: exposures that bring every
+    photo's mean linear luminance to their common (geometric) mean, the usual per-photo correction, which the
+    search then refines; small non-zero black point and vibrance, since vibrance has no slope at exactly 0."""
+    log_mean = statistics[:, STATISTICS.index("log2 mean luminance")]
     lo, hi = STRENGTH_RANGES["ex"]
-    strengths = torch.full((len(images), len(OPERATORS)), SEARCH_START)
+    strengths = torch.full((len(statistics), len(OPERATORS)), SEARCH_START)
     strengths[:, OPERATORS.index("ex")] = ((log_mean.mean() - log_mean) * 2 / (hi - lo)).clamp(-0.9, 0.9)
     return strengths
 
@@ -159,14 +159,17 @@ def _statistics(images: list[np.ndarray]) -> torch.Tensor:
     return torch.cat([image_statistics(_tensor(img)) for img in images])
 
 
-def fit_style(pairs: list[Pair], recipe: StyleRecipe, seed: int = 0, fitted: FittedLook | None = None) -> StyleLook:
-    """One recipe fitted on ``pairs`` (``fitted``: its look, when already known)."""
-    fitted = fitted or fit_look(pairs, recipe, seed)
+def fit_style(pairs: list[Pair], recipe: StyleRecipe, seed: int = 0, fitted: FittedLook | None = None,
+              statistics: torch.Tensor | None = None) -> StyleLook:
+    """One recipe fitted on ``pairs`` (``fitted``: its look, ``statistics``: the inputs' image_statistics, when
+    already known)."""
+    statistics = _statistics([p[1] for p in pairs]) if statistics is None else statistics
+    fitted = fitted or fit_look(pairs, recipe, statistics, seed)
     model = StyleLook(fitted.look.shape[0]).requires_grad_(False)
     model.look.copy_(fitted.look)
     if recipe.adaptive and len(pairs) > 1:
         pre = torch.atanh(fitted.strengths)  # what the linear map must produce
-        mean, scale, weight, bias = fit_ridge(_statistics([p[1] for p in pairs]), pre, recipe.ridge)
+        mean, scale, weight, bias = fit_ridge(statistics, pre, recipe.ridge)
         model.statistic_mean.copy_(mean)
         model.statistic_scale.copy_(scale)
         model.strength_weight.copy_(weight)
@@ -200,11 +203,13 @@ def choose_recipe(pairs: list[Pair], seed: int = 0, log=print) -> tuple[StyleRec
     if len(options) == 1:
         return options[0], {}
     scores: dict[str, list[float]] = {r.name: [] for r in options}
+    statistics = _statistics([p[1] for p in pairs])  # once: every fold and recipe needs them
     for i, held in enumerate(pairs):
-        rest = pairs[:i] + pairs[i + 1:]
-        looks = {r.look_key: fit_look(rest, r, seed) for r in options}
+        rest, rest_statistics = pairs[:i] + pairs[i + 1:], torch.cat([statistics[:i], statistics[i + 1:]])
+        looks = {r.look_key: fit_look(rest, r, rest_statistics, seed) for r in options}
         for r in options:
-            scores[r.name].append(rendered_psnr(fit_style(rest, r, seed, looks[r.look_key]), held))
+            model = fit_style(rest, r, seed, looks[r.look_key], rest_statistics)
+            scores[r.name].append(rendered_psnr(model, held))
         log(f"  held out {held[0]}: " + ", ".join(f"{k} {v[-1]:.2f}" for k, v in scores.items()))
     summary = {name: float(np.mean(v)) for name, v in scores.items()}
     best = max(options, key=lambda r: summary[r.name])

@@ -272,10 +272,10 @@ def cross_validate(cfg: TrainConfig, folds: int | None = None, repeats: int = 1,
     weights on the same pair. Writes cv.json with bootstrap intervals of the gains (pipeline.crossval)."""
     from .crossval import cross_validate as run_cv
 
-    pairs = load_pairs(cfg.pairs)
-    start = load_checkpoint(cfg.init).model if cfg.init else None
-    if start is None:
+    if not cfg.init:
         raise ValueError("cross-validation compares against the starting weights: give --init")
+    pairs = load_pairs(cfg.pairs)
+    start = load_checkpoint(cfg.init).model
 
     def fit(train_pairs, fold_out: Path):
         held = sorted({p[0] for p in pairs} - {p[0] for p in train_pairs})

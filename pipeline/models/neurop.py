@@ -31,20 +31,15 @@ class NeuralOperator(nn.Module):
         return self.decoder(F.leaky_relu(self.mid_conv(code), 0.01))
 
     def forward_pixels(self, rgb: torch.Tensor, strength: torch.Tensor | float) -> torch.Tensor:
-        """rgb (N, 3) -> (N, 3) for one scalar strength, or rgb (M, N, 3) with strengths (M,), one per pixel list;
-        the same maths as ``forward`` on pixel lists.
+        """rgb (N, 3) -> (N, 3) for one scalar strength; the same maths as ``forward`` on a pixel list.
 
         No activation separates the encoder from the mid layer, so for a given strength the two fold into one
         3 -> 64 affine map: 12x fewer multiply-adds per pixel, equal up to float rounding (tests/test_model.py).
-        The strength enters as strength * (row sums of the mid layer), since mid @ (b + s) = mid @ b + s * mid @ 1.
         """
         mid = self.mid_conv.weight.flatten(1)
         weight = mid @ self.encoder.weight.flatten(1)
-        bias = mid @ self.encoder.bias + self.mid_conv.bias
-        s = torch.as_tensor(strength, dtype=rgb.dtype, device=rgb.device)
-        if s.ndim:
-            s = s.reshape(-1, *([1] * (rgb.ndim - 1)))
-        hidden = F.leaky_relu(F.linear(rgb, weight, bias) + s * mid.sum(1), 0.01)
+        bias = mid @ (self.encoder.bias + strength) + self.mid_conv.bias
+        hidden = F.leaky_relu(F.linear(rgb, weight, bias), 0.01)
         return F.linear(hidden, self.decoder.weight.flatten(1), self.decoder.bias)
 
 

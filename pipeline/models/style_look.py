@@ -20,9 +20,8 @@ from torch import nn
 from ..lut import apply_lut_torch, identity_grid
 from ..operators import STANDARD, srgb_to_linear
 from . import register
+from .neurop import OPERATORS  # the same names and order, so ledgers and edits read alike
 
-OPERATORS = ("bc", "ex", "vb")
-OPERATOR_LABELS = {"bc": "black point", "ex": "exposure", "vb": "vibrance"}
 # strength -1..1 -> the standard operator's own unit: black point (linear), stops, vibrance
 STRENGTH_RANGES = {"bc": (-0.1, 0.1), "ex": (-3.0, 3.0), "vb": (-1.0, 1.0)}
 # Rec. 709 / sRGB luminance weights of linear RGB
