@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 
 import click
@@ -11,6 +12,7 @@ from pipeline.imageio import DEFAULT_MAX_PIXELS, OUTPUT_FORMATS
 from pipeline.lut import DEFAULT_LUT_SIZE
 
 TIFF_CODECS = ("none", "zlib", "lzw", "zstd")
+MODEL_HELP = "Retoucher by name (`retouch-batch models` lists them), with its shipped weights unless --weights."
 
 
 def user_errors(fn):
@@ -69,6 +71,36 @@ def job_options(fn):
     return fn
 
 
+def search_options(fn):
+    """The aesthetic model's per-run settings (run, eval)."""
+    decorators = [
+        click.option("--guide", default=None, type=click.Path(dir_okay=False, exists=True),
+                     help="aesthetic: score with this guide file instead of the checkpoint's own (a NIMA VGG16 or "
+                          "ranking-cnn state dict; README, 'Aesthetic-guided filters')."),
+        click.option("--search-steps", type=click.IntRange(min=0), default=None,
+                     help="aesthetic: gradient steps of the per-image search [20]."),
+        click.option("--search-lr", type=click.FloatRange(min=0), default=None,
+                     help="aesthetic: the search's learning rate [3e-5; the seed's 1e-3 overshoots with the shipped guide]."),
+    ]
+    for d in reversed(decorators):
+        fn = d(fn)
+    return fn
+
+
+def _model_options(guide, search_steps, search_lr) -> str:
+    """The run's model options as RenderSettings carries them (JSON; '' when none): a guide file is checked now
+    and pinned by its hash."""
+    options = {}
+    if guide:
+        from pipeline.guide import load_guide
+        options.update(guide=os.path.abspath(guide), guide_sha256=load_guide(guide).sha256)
+    if search_steps is not None:
+        options["search_steps"] = search_steps
+    if search_lr is not None:
+        options["search_lr"] = search_lr
+    return json.dumps(options, sort_keys=True) if options else ""
+
+
 def _job_options(out, workers, cpus_per_worker, images_per_worker, address, ledger_dir, weights, max_pixels, retries,
                  device, no_progress, settings):
     from jobs.run import JobOptions
@@ -110,17 +142,23 @@ def main():
               help="3D LUT points per axis for full-resolution rendering.")
 @click.option("--half-size", is_flag=True, help="Demosaic RAW at half size (faster, half the resolution).")
 @click.option("--overwrite", is_flag=True, help="Redo images whose outputs are already current.")
+@click.option("--model", default=None, metavar="NAME",
+              help=f"{MODEL_HELP} Default: the one --weights holds, else neurop.")
+@search_options
 @user_errors
 def run(manifest, out, workers, cpus_per_worker, images_per_worker, address, ledger_dir, weights, max_pixels, retries,
-        device, no_progress, output_format, quality, strip_metadata, tiff_compression, lut_size, half_size, overwrite):
+        device, no_progress, output_format, quality, strip_metadata, tiff_compression, lut_size, half_size, overwrite,
+        model, guide, search_steps, search_lr):
     """Retouch every image of MANIFEST (CSV or Parquet with a `path` column) into --out, with a ledger."""
     from jobs.run import run_job
     from jobs.worker import DEFAULT_TIFF_COMPRESSION, RenderSettings
     settings = RenderSettings(output_format, quality, strip_metadata, lut_size,
-                              tiff_compression or DEFAULT_TIFF_COMPRESSION, half_size)
+                              tiff_compression or DEFAULT_TIFF_COMPRESSION, half_size,
+                              _model_options(guide, search_steps, search_lr))
     opts = _job_options(out, workers, cpus_per_worker, images_per_worker, address, ledger_dir, weights, max_pixels,
                         retries, device, no_progress, settings)
     opts.overwrite = overwrite
+    opts.model = model
     result = run_job(manifest, opts, log=lambda m: click.echo(m, err=True))
     _summary(result, " (resumed)" if result.resumed else "")
 
@@ -160,6 +198,15 @@ def audit(ledger, verify, as_json):
 
 
 @main.command()
+@click.option("--json", "as_json", is_flag=True)
+def models(as_json):
+    """List the registered retouchers: their parameters (name, label, range, default) and shipped weights."""
+    from pipeline.catalogue import catalogue, format_catalogue
+    entries = catalogue()
+    click.echo(json.dumps(entries, indent=1) if as_json else format_catalogue(entries))
+
+
+@main.command()
 @click.argument("folder", type=click.Path(file_okay=False), required=False)
 @click.option("-o", "--output", "dest", required=True, type=click.Path(dir_okay=False), help="Manifest CSV to write.")
 @click.option("--no-recursive", is_flag=True, help="Only the folder itself, not its subfolders.")
@@ -179,13 +226,20 @@ def manifest(folder, dest, no_recursive, examples):
 @click.argument("pairs", type=click.Path())
 @click.option("--weights", multiple=True, type=click.Path(dir_okay=False),
               help="Checkpoint(s) to evaluate side by side (default: the shipped weights).")
+@click.option("--model", "models", multiple=True, metavar="NAME",
+              help="Retoucher(s) to evaluate with their shipped weights, side by side; repeatable.")
 @click.option("--json", "as_json", is_flag=True)
+@search_options
 @user_errors
-def eval_(pairs, weights, as_json):
-    """PSNR, SSIM and dE76 on PAIRS (input/ + target/ folders, or a CSV with input,target)."""
+def eval_(pairs, weights, models, as_json, guide, search_steps, search_lr):
+    """PSNR, SSIM and dE76 on PAIRS (input/ + target/ folders, or a CSV with input,target), and the patch histogram
+    intersections of luminance, contrast and saturation with the targets (the aesthetic-guided seed's metric)."""
     from pipeline.evaluate import evaluate, find_pairs
     found = find_pairs(pairs)
-    results = [evaluate(found, w) for w in (weights or (None,))]
+    options = json.loads(_model_options(guide, search_steps, search_lr) or "{}")
+    results = ([evaluate(found, w, options=options) for w in weights]
+               + [evaluate(found, retoucher=m, options=options) for m in models])
+    results = results or [evaluate(found, options=options)]
     if as_json:
         out = [r.to_dict() for r in results]
         click.echo(json.dumps(out[0] if len(out) == 1 else out, indent=1))
@@ -196,9 +250,13 @@ def eval_(pairs, weights, as_json):
         for s in r.per_image:
             click.echo(f"  {s.id:<12}{s.psnr:8.2f}{s.ssim:8.4f}{s.delta_e:8.2f}   ({s.psnr_input:.2f})")
         click.echo(f"  {'mean':<12}{r.psnr:8.2f}{r.ssim:8.4f}{r.delta_e:8.2f}   ({r.psnr_input:.2f})  n={r.n}")
+        hi, hin = r.histogram_intersection, r.histogram_intersection_input
+        click.echo("  histogram intersection with the targets, luminance / contrast / saturation: "
+                   + " / ".join(f"{hi[k]:.1f}" for k in hi) + " %  (input: "
+                   + " / ".join(f"{hin[k]:.1f}" for k in hin) + " %)")
 
 
-FINETUNE_ONLY = ("init", "init_operators", "iters", "lr", "trainable", "val", "val_ids", "eval_every", "init_iters",
+FINETUNE_ONLY = ("model", "baseline", "train_size", "init", "init_operators", "iters", "lr", "trainable", "val", "val_ids", "eval_every", "init_iters",
                  "photos", "teacher", "real_fraction")
 
 
@@ -210,11 +268,15 @@ FINETUNE_ONLY = ("init", "init_operators", "iters", "lr", "trainable", "val", "v
               help="style: learn a look plus per-image strengths from a few pairs (picks its own settings); "
                    "finetune: gradient training of NeurOp's parameters (the options marked finetune). auto: finetune "
                    "when any fine-tuning option is given, else style.")
+@click.option("--model", default=None, metavar="NAME",
+              help="finetune: the retoucher to train from scratch (`retouch-batch models`) [--init's, else neurop].")
 @click.option("--init", default=None, type=click.Path(dir_okay=False, exists=True),
               help="finetune: start from these weights (own or official NeurOp) [none: from scratch].")
 @click.option("--init-operators", default=None, type=click.Path(dir_okay=False, exists=True),
-              help="finetune: start the operators from the official init_renderer.pth instead of analytic operators.")
-@click.option("--iters", type=click.IntRange(min=1), default=None, help="finetune: iterations [1000].")
+              help="finetune: start the operators from the official init_renderer.pth instead of analytic operators "
+                   "(--model neurop).")
+@click.option("--iters", type=click.IntRange(min=0), default=None,
+              help="finetune: iterations [1000]; 0 stops after operator initialization.")
 @click.option("--lr", type=float, default=None, help="finetune: learning rate [5e-5].")
 @click.option("--trainable", type=click.Choice(["all", "predictors", "heads", "operators"]), default=None,
               help="finetune: which parameters move (fewer overfit less on few pairs) [all].")
@@ -235,12 +297,23 @@ FINETUNE_ONLY = ("init", "init_operators", "iters", "lr", "trainable", "val", "v
 @click.option("--cv", default=None, metavar="loo|K",
               help="Cross-validate the recipe instead of training once: leave-one-out over every pair ('loo') or "
                    "K folds; prints and writes (cv.json) bootstrap intervals of the per-pair gains.")
+@click.option("--train-size", type=click.IntRange(min=32), default=None,
+              help="finetune: shrink the training pairs to this long side (faster; validation stays full size).")
+@click.option("--baseline", default=None, type=click.Path(dir_okay=False, exists=True),
+              help="finetune, with --cv: the weights each held-out pair is compared with [--init].")
 @click.option("--cv-repeats", type=click.IntRange(min=1), default=1, show_default=True,
               help="With --cv K: repeat K-fold with this many shuffles.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @user_errors
 def train(pairs, out, recipe, seed, cv, cv_repeats, device, **finetune):
-    """Learn a style or fine-tune a model from before/after pairs; writes best.pt (run --weights OUT/best.pt)."""
+    """Learn a style or fine-tune a model from before/after pairs; writes best.pt (run --weights OUT/best.pt).
+
+    `--model aesthetic` trains its aesthetic guide on the pairs (and --photos, if given), reporting its
+    leave-one-out ranking accuracy."""
+    if finetune.get("model") == "aesthetic":
+        if cv:
+            raise click.UsageError("--model aesthetic always reports its guide's leave-one-out accuracy: no --cv")
+        return _train_aesthetic(pairs, out, seed, finetune)
     given = sorted(k for k in FINETUNE_ONLY if finetune[k] not in (None, ()))
     if recipe == "style" and given:
         options = ", ".join("--" + k.replace("_", "-") for k in given)
@@ -249,6 +322,18 @@ def train(pairs, out, recipe, seed, cv, cv_repeats, device, **finetune):
         _finetune(pairs, out, seed, cv, cv_repeats, device, finetune)
     else:
         _learn_style(pairs, out, seed, cv, cv_repeats)
+
+
+def _train_aesthetic(pairs, out, seed, options):
+    from pipeline.guide import GuideTrainConfig, train_aesthetic
+    extra = sorted(k for k in FINETUNE_ONLY if options[k] not in (None, ()) and k not in ("model", "photos", "iters"))
+    if extra:
+        raise click.UsageError("--model aesthetic takes --photos and --iters (guide training steps) only; not "
+                               + ", ".join("--" + k.replace("_", "-") for k in extra))
+    r = train_aesthetic(list(options["photos"]), list(pairs), out, options["iters"] or GuideTrainConfig.steps, seed,
+                        log=click.echo)
+    click.echo(f"done in {r['seconds']:.0f} s: {out}/best.pt; leave-one-out ranking accuracy {r['ranking_accuracy']:.1%} "
+               f"({out}/guide.json). Use it: retouch-batch run MANIFEST --weights {out}/best.pt")
 
 
 def _learn_style(pairs, out, seed, cv, cv_repeats):
@@ -297,7 +382,11 @@ def _cv_folds(cv: str) -> int | None:
 
 @main.command()
 @click.option("--sizes", default="0.5,2,12,24,50", show_default=True, help="Image sizes in megapixels.")
-@click.option("--weights", default=None, type=click.Path(dir_okay=False, exists=True))
+@click.option("--weights", multiple=True, type=click.Path(dir_okay=False, exists=True),
+              help="Checkpoint(s) to time; repeatable.")
+@click.option("--model", "models", multiple=True, metavar="NAME",
+              help="Retoucher(s) to time with their shipped weights, side by side; repeatable. Default: neurop; "
+                   "a model other than neurop is timed beside neurop.")
 @click.option("--lut-size", type=click.IntRange(2, 129), default=DEFAULT_LUT_SIZE, show_default=True)
 @click.option("--codecs", default="none,zstd,zlib", show_default=True, help="16-bit TIFF codecs to time.")
 @click.option("--reference-max-mp", type=float, default=2.0, show_default=True,
@@ -308,8 +397,8 @@ def _cv_folds(cv: str) -> int | None:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="Also time the model stage on a GPU (auto: when torch sees one).")
 @user_errors
-def bench(sizes, weights, lut_size, codecs, reference_max_mp, photo, json_path, device):
-    """Time and peak memory per image size: decode, predict, bake, apply, encode; LUT vs the reference."""
+def bench(sizes, weights, models, lut_size, codecs, reference_max_mp, photo, json_path, device):
+    """Time and peak memory per image size and retoucher: decode, predict, prepare, apply, encode; the reference."""
     from manifests.manifest import example_photo_paths
     from pipeline.bench import run_bench
     photo = photo or next((p for p in example_photo_paths() if p.endswith("astronaut.png")), None)
@@ -317,7 +406,10 @@ def bench(sizes, weights, lut_size, codecs, reference_max_mp, photo, json_path, 
     if device == "cuda" and not torch.cuda.is_available():
         raise click.ClickException("--device cuda, but torch sees no CUDA GPU")
     accelerator = "cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else None
-    run_bench([float(x) for x in sizes.split(",")], weights, lut_size, tuple(codecs.split(",")), reference_max_mp,
+    chosen = list(weights) + list(models)
+    if models and "neurop" not in models and not weights:
+        chosen.insert(0, "neurop")  # the reference every other retoucher is read against
+    run_bench([float(x) for x in sizes.split(",")], chosen or [None], lut_size, tuple(codecs.split(",")), reference_max_mp,
               photo_path=photo, json_path=json_path, log=click.echo, device=accelerator)
     click.echo(f"-> {json_path}")
 

@@ -16,9 +16,9 @@ from pipeline.bench import photo_at_size  # noqa: E402
 from pipeline.checkpoint import load_checkpoint  # noqa: E402
 from pipeline.lut import apply_lut_torch  # noqa: E402
 from pipeline.metrics import psnr  # noqa: E402
-from pipeline.render import Retoucher  # noqa: E402
+from pipeline.render import open_retoucher  # noqa: E402
 
-r = Retoucher(load_checkpoint(None))
+r = open_retoucher(load_checkpoint(None))
 px = photo_at_size(2, skimage.data.astronaut())
 s = r.predict(px)
 lut = torch.from_numpy(r.lut(s))

@@ -11,9 +11,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from pipeline.checkpoint import load_checkpoint  # noqa: E402
 from pipeline.imageio import decode  # noqa: E402
-from pipeline.render import Retoucher  # noqa: E402
+from pipeline.render import open_retoucher  # noqa: E402
 
-r = Retoucher(load_checkpoint(None))
+r = open_retoucher(load_checkpoint(None))
 for f in sorted(glob.glob(str(ROOT.parent / "shared" / "data" / "raw" / "good" / "*"))):
     res = {}
     for half in (False, True):

@@ -1,4 +1,4 @@
-"""Share of the model (predict + bake + apply) in the worker's time per RAW file, as a 1-core worker runs it.
+"""Share of the model (predict + prepare + apply) in the worker's time per RAW file, as a 1-core worker runs it.
 
     python benchmarks/raw_model_share.py [--runs 5] [--large-megapixels 24]
 
@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from jobs.worker import ImageProcessor, ImageTask, WorkerConfig  # noqa: E402
 import large_dng  # noqa: E402
 
-MODEL_STAGES = ("predict", "bake", "apply")
+MODEL_STAGES = ("predict", "prepare", "apply")
 
 
 def main() -> None:

@@ -1,7 +1,8 @@
 """How well a user's photographic style is learned from k before/after pairs.
 
     python benchmarks/style.py [--k 1,3,10] [--styles pop1,film,auto-warm,auto-matte]
-                               [--rows input,default,lut,learned] [--draws 1] [--seed 0] [--verify]
+                               [--rows input,default,lut,learned,bilateral,neurop-tuned,bilateral-tuned]
+                               [--draws 1] [--seed 0] [--verify]
 
 A "user" is simulated with RawTherapee: the user's style is a list of RawTherapee processing profiles (.pp3,
 applied on top of each other), and the user's before/after pairs are (photo, ``rawtherapee-cli`` rendering of the
@@ -21,7 +22,12 @@ the pool. Rows, each scored on the test photos (PSNR / SSIM / dE76 of pipeline.m
 - ``input``: the input itself against the target;
 - ``default``: the shipped default weights (``pipeline.evaluate.evaluate(test_pairs, weights=None)``);
 - ``lut``: a global 33^3 colour LUT fitted on the k training pairs (``pipeline.lutfit.fit_lut``);
-- ``learned``: ``retouch-batch train --pairs <k pairs> --out <run>`` (timed), then its best.pt (else last.pt).
+- ``learned``: ``retouch-batch train --pairs <k pairs> --out <run>`` (timed), then its best.pt (else last.pt);
+- ``bilateral``: the shipped bilateral retoucher (``--model bilateral``);
+- ``neurop-tuned``, ``bilateral-tuned``: the shipped NeurOp / bilateral weights fine-tuned on the k pairs
+  (``train --init <shipped> --iters 300 --lr 2e-4 --train-size 256``, timed), then their last.pt.
+
+The default ``--rows`` are the first four; the last three are asked for by name.
 
 Prints a table per style, writes everything (per-photo scores, profile texts, seconds) to ``--json`` (an infinite
 PSNR, identical images, as null) and a markdown report to ``--markdown``. ``--verify`` also checks the styles
@@ -105,7 +111,8 @@ Enabled=true
 Chromaticity=-25
 """
 
-ROW_LABELS = {"input": "input", "default": "default", "lut": "global LUT", "learned": "learned"}
+ROW_LABELS = {"input": "input", "default": "default", "lut": "global LUT", "learned": "learned",
+              "bilateral": "bilateral", "neurop-tuned": "NeurOp tuned", "bilateral-tuned": "bilateral tuned"}
 METRICS = ("psnr", "ssim", "delta_e")
 
 
@@ -355,9 +362,9 @@ def retouch_batch() -> str:
     return str(beside) if beside.exists() else (shutil.which("retouch-batch") or "retouch-batch")
 
 
-def train(pairs_dir: Path, run: Path) -> float:
-    """``retouch-batch train --pairs DIR --out RUN`` from scratch, its output in RUN.log; the seconds it took."""
-    cmd = [retouch_batch(), "train", "--pairs", str(pairs_dir), "--out", str(run)]
+def train(pairs_dir: Path, run: Path, options: list[str] = ()) -> float:
+    """``retouch-batch train --pairs DIR --out RUN [options]``, its output in RUN.log; the seconds it took."""
+    cmd = [retouch_batch(), "train", "--pairs", str(pairs_dir), "--out", str(run), *options]
     log = run.with_name(run.name + ".log")
     start = time.monotonic()
     with open(log, "w") as f:
@@ -380,8 +387,36 @@ def row_learned(train_pairs, test, scratch: Path):
         {"train_seconds": seconds, "weights": str(weights)}
 
 
-ROWS = {"input": row_input, "default": row_default, "lut": row_lut, "learned": row_learned}
-ROWS_WITHOUT_K = {"input", "default"}  # scored once per draw, the same for every k
+def row_bilateral(train, test, scratch):
+    return per_photo(evaluate(as_str_pairs(test), retoucher="bilateral")), {}
+
+
+TUNE_ITERS = 300  # fine-tuning budget of the *-tuned rows (all parameters, lr TUNE_LR, one pair per iteration)
+TUNE_LR = 2e-4
+TUNE_SIZE = 256  # long side the pairs are tuned at (scored at full size)
+
+
+def tuned_row(model: str):
+    """``retouch-batch train --pairs <k pairs> --init <model's shipped weights> --iters TUNE_ITERS --lr TUNE_LR``,
+    scored with its last.pt: the shipped retoucher adapted to the user's pairs."""
+    def row(train_pairs, test, scratch: Path):
+        from pipeline.checkpoint import shipped_weights
+        if scratch.exists():
+            shutil.rmtree(scratch)
+        write_pairs(train_pairs, scratch / "pairs")
+        run = scratch / "run"
+        seconds = train(scratch / "pairs", run, ["--init", str(shipped_weights(model)), "--iters", str(TUNE_ITERS),
+                                                  "--lr", str(TUNE_LR), "--eval-every", str(TUNE_ITERS),
+                                                  "--train-size", str(TUNE_SIZE)])
+        return per_photo(evaluate(as_str_pairs(test), weights=str(run / "last.pt"))), \
+            {"train_seconds": seconds, "weights": str(run / "last.pt")}
+    return row
+
+
+ROWS = {"input": row_input, "default": row_default, "lut": row_lut, "learned": row_learned,
+        "bilateral": row_bilateral, "neurop-tuned": tuned_row("neurop"), "bilateral-tuned": tuned_row("bilateral")}
+DEFAULT_ROWS = ("input", "default", "lut", "learned")
+ROWS_WITHOUT_K = {"input", "default", "bilateral"}  # scored once per draw, the same for every k
 
 
 def split(ids: list[str], seed: int) -> tuple[list[str], list[str]]:
@@ -493,9 +528,10 @@ def style_table(summary: dict, rows, ks) -> tuple[list[str], list[list[str]]]:
     """(header, lines) of one style: a line per row, a column per k; training seconds when learned is in."""
     header = ["row"] + [f"k={k} PSNR / SSIM / dE76" for k in ks]
     lines = [[ROW_LABELS[row]] + [cell(summary[row][k]) for k in ks] for row in rows]
-    if "learned" in rows:
-        lines.append(["training s"] + [f"{summary['learned'][k].get('train_seconds', float('nan')):.0f}"
-                                       for k in ks])
+    for row in ("learned", "neurop-tuned", "bilateral-tuned"):
+        if row in rows:
+            lines.append([f"training s ({ROW_LABELS[row]})"]
+                         + [f"{summary[row][k].get('train_seconds', float('nan')):.0f}" for k in ks])
     return header, lines
 
 
@@ -586,7 +622,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--k", default="1,3,10", help=f"training pair counts, each 1..{POOL_SIZE} (default 1,3,10)")
     ap.add_argument("--styles", default=",".join(styles), help=f"subset of {','.join(styles)}")
-    ap.add_argument("--rows", default=",".join(ROWS), help=f"subset of {','.join(ROWS)}")
+    ap.add_argument("--rows", default=",".join(DEFAULT_ROWS), help=f"subset of {','.join(ROWS)}")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--draws", type=int, default=1, help="splits with seeds seed .. seed+draws-1; means reported")
     ap.add_argument("--work", type=Path, default=DEFAULT_WORK, help=f"cache and scratch folder ({DEFAULT_WORK})")

@@ -6,11 +6,12 @@ import os
 from dataclasses import asdict, dataclass, field
 
 from pipeline.checkpoint import file_sha256
+from pipeline.models import parameter_ranges
 
 from .ledger import LedgerRow, read_ledger, read_run_records
 
 OUTLIER_Z = 3.0
-SATURATED = 0.98  # a strength this close to +-1 means the predictor hit the end of its range
+SATURATED = 0.98  # a strength within 1 % of its range's end means the predictor hit that end
 
 
 @dataclass
@@ -75,14 +76,18 @@ def _audit_run(run_id: str, rows: list[LedgerRow], records: dict) -> RunAudit:
         for op, v in zip(r.operators, r.strengths):
             per_op.setdefault(op, []).append((r.image_id, float(v)))
     stats = {op: _stats([v for _, v in vals]) for op, vals in per_op.items()}
+    ranges = parameter_ranges(rendered[0].model if rendered else None, list(per_op))
     outliers = []
     for op, vals in per_op.items():
         st = stats[op]
+        lo, hi = ranges[op]
+        mid, half = (lo + hi) / 2, (hi - lo) / 2
         for image_id, v in vals:
             z = (v - st.mean) / st.std if st.std > 0 and st.n >= 5 else 0.0
-            if abs(z) >= OUTLIER_Z or abs(v) >= SATURATED:
+            saturated = abs(v - mid) >= SATURATED * half
+            if abs(z) >= OUTLIER_Z or saturated:
                 outliers.append({"image_id": image_id, "operator": op, "strength": round(v, 4),
-                                 "z": round(z, 2), "why": "saturated" if abs(v) >= SATURATED else f"|z| >= {OUTLIER_Z}"})
+                                 "z": round(z, 2), "why": "saturated" if saturated else f"|z| >= {OUTLIER_Z}"})
     models = sorted({f"{r.model} v{r.model_version}" for r in rows if r.model})
     return RunAudit(run_id, rows[0].command, rows[0].parent_run_id, rec.started_at if rec else None,
                     (rec.finished_at is not None) if rec else None, len({r.image_id for r in rows}),

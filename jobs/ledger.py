@@ -48,6 +48,7 @@ class LedgerRow:
     attempts: int = 1
     seconds: float | None = None
     timings: str | None = None  # JSON {stage: seconds}
+    prediction: str | None = None  # JSON of what a retoucher's prediction recorded besides the strengths
 
 
 SCHEMA = pa.schema([
@@ -58,6 +59,7 @@ SCHEMA = pa.schema([
     ("created_at", pa.timestamp("us", tz="UTC")), ("width", pa.int64()), ("height", pa.int64()),
     ("output_format", pa.string()), ("render_settings", pa.string()), ("parent_run_id", pa.string()),
     ("command", pa.string()), ("attempts", pa.int64()), ("seconds", pa.float64()), ("timings", pa.string()),
+    ("prediction", pa.string()),
 ], metadata={"ledger_schema_version": SCHEMA_VERSION, "writer": "retouch-batch"})
 
 assert [f.name for f in fields(LedgerRow) if f.name != "run_id"] == SCHEMA.names
@@ -123,7 +125,10 @@ def read_ledger(root: str | os.PathLike) -> list[LedgerRow]:
     files = sorted(str(p) for p in root.glob("run_id=*/*.parquet") if not p.name.startswith("."))
     if not files:
         return []
-    dataset = pads.dataset(files, format="parquet", partitioning="hive", partition_base_dir=str(root))
+    # parts written before a column was added lack it: read them all under the union of their schemas
+    schema = pa.unify_schemas([pq.read_schema(f) for f in files] + [pa.schema([("run_id", pa.string())])])
+    dataset = pads.dataset(files, schema=schema, format="parquet", partitioning="hive",
+                           partition_base_dir=str(root))
     table = dataset.to_table()
     names = {f.name for f in fields(LedgerRow)}
     rows = [LedgerRow(**{k: v for k, v in d.items() if k in names}) for d in table.to_pylist()]

@@ -7,13 +7,13 @@ import os
 from dataclasses import dataclass, replace
 
 from pipeline.checkpoint import CheckpointError, load_checkpoint
+from pipeline.models import DEFAULT_RANGE, parameter_ranges
 
 from .ledger import LedgerRow, RunRecord, latest_by_image, new_run_id, now, read_ledger, read_run_records
 from .lock import OutputLock
 from .run import JobOptions, JobResult, launch, remove_stale_temporaries
 from .worker import ImageTask, RenderSettings
 
-STRENGTH_RANGE = (-1.0, 1.0)
 
 
 class EditError(ValueError):
@@ -25,17 +25,20 @@ class StrengthEdits:
     set: dict[str, float]
     shift: dict[str, float]
     per_image: dict[str, dict[str, float]]  # image_id -> {operator: value} from an edits file
+    ranges: dict[str, tuple[float, float]]  # operator -> the retoucher's declared range; results are clipped to it
 
     def apply(self, image_id: str, operators: list[str], strengths: list[float]) -> list[float]:
         out = []
         for op, v in zip(operators, strengths):
             v = self.per_image.get(image_id, {}).get(op, self.set.get(op, v))
             v += self.shift.get(op, 0.0)
-            out.append(min(max(v, STRENGTH_RANGE[0]), STRENGTH_RANGE[1]))
+            lo, hi = self.ranges.get(op, DEFAULT_RANGE)
+            out.append(min(max(v, lo), hi))
         return out
 
 
-def parse_assignments(items: tuple[str, ...], what: str, operators: list[str]) -> dict[str, float]:
+def parse_assignments(items: tuple[str, ...], what: str, operators: list[str],
+                      ranges: dict[str, tuple[float, float]] | None = None) -> dict[str, float]:
     out = {}
     for item in items:
         if "=" not in item:
@@ -45,7 +48,7 @@ def parse_assignments(items: tuple[str, ...], what: str, operators: list[str]) -
         out[op] = _number(value, f"{what} {item!r}")
         _check_operator(op, operators, f"{what} {item!r}")
         if what == "--set":
-            _check_range(out[op], f"{what} {item!r}")
+            _check_range(out[op], f"{what} {item!r}", (ranges or {}).get(op, DEFAULT_RANGE))
     return out
 
 
@@ -64,13 +67,14 @@ def _check_operator(op: str, operators: list[str], where: str) -> None:
         raise EditError(f"{where}: unknown operator {op!r}; this ledger's operators are {', '.join(operators)}")
 
 
-def _check_range(v: float, where: str) -> None:
-    lo, hi = STRENGTH_RANGE
+def _check_range(v: float, where: str, limits: tuple[float, float] = DEFAULT_RANGE) -> None:
+    lo, hi = limits
     if not lo <= v <= hi:
         raise EditError(f"{where}: {v} is outside the strength range [{lo}, {hi}]")
 
 
-def read_edits_file(path: str, operators: list[str], image_ids: set[str]) -> dict[str, dict[str, float]]:
+def read_edits_file(path: str, operators: list[str], image_ids: set[str],
+                    ranges: dict[str, tuple[float, float]] | None = None) -> dict[str, dict[str, float]]:
     """An edits CSV: an image_id column plus one column per operator (blank = keep the ledger's value)."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
@@ -95,7 +99,7 @@ def read_edits_file(path: str, operators: list[str], image_ids: set[str]) -> dic
         for op in cols:
             if op != "image_id" and (r.get(op) or "").strip():
                 vals[op] = _number(r[op], f"{path}: line {line}, {op}")
-                _check_range(vals[op], f"{path}: line {line}, {op}")
+                _check_range(vals[op], f"{path}: line {line}, {op}", (ranges or {}).get(op, DEFAULT_RANGE))
         out[image_id] = vals
     return out
 
@@ -122,9 +126,11 @@ def rerender_job(ledger: str, opts: JobOptions, set_ops: tuple[str, ...] = (), s
         raise EditError(f"{ledger}: images were rendered with {len(weights)} different weights; "
                         "re-render one run at a time with --run RUN_ID")
     operators = list(rows[0].operators)
-    edits = StrengthEdits(parse_assignments(set_ops, "--set", operators),
+    ranges = parameter_ranges(rows[0].model, operators)
+    edits = StrengthEdits(parse_assignments(set_ops, "--set", operators, ranges),
                           parse_assignments(shift_ops, "--shift", operators),
-                          read_edits_file(edits_file, operators, {r.image_id for r in rows}) if edits_file else {})
+                          read_edits_file(edits_file, operators, {r.image_id for r in rows}, ranges)
+                          if edits_file else {}, ranges)
     records = {r.run_id: r for r in read_run_records(ledger)}
     loaded = _find_weights(opts.weights, rows[0].weights_sha256, records)
     settings = RenderSettings.from_json(rows[0].render_settings) if rows[0].render_settings else RenderSettings()

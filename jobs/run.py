@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from manifests.manifest import load_manifest
 from pipeline.checkpoint import load_checkpoint
+from pipeline.render import configure_model
 from pipeline.imageio import DEFAULT_MAX_PIXELS, TEMP_PREFIX
 
 from . import cluster
@@ -23,6 +24,7 @@ from .worker import ImageTask, RenderSettings, WorkerConfig
 class JobOptions:
     out: str
     weights: str | None = None
+    model: str | None = None  # a registered retoucher; None: the one the weights hold (default weights: neurop)
     settings: RenderSettings = field(default_factory=RenderSettings)
     workers: int | None = None
     cpus_per_worker: int | None = None
@@ -76,7 +78,8 @@ def run_job(manifest_path: str, opts: JobOptions, log=print) -> JobResult:
     manifest = load_manifest(manifest_path, out, opts.settings.output_format)
     for w in manifest.warnings:
         log(f"warning: {w}")
-    loaded = load_checkpoint(opts.weights)  # fail early, before Ray starts, on a bad checkpoint
+    loaded = load_checkpoint(opts.weights, model=opts.model)  # fail early, before Ray starts, on a bad checkpoint
+    configure_model(loaded.model, opts.settings.model_options_dict)  # and on options the model does not take
     os.makedirs(out, exist_ok=True)
     with OutputLock(out):
         remove_stale_temporaries(out)

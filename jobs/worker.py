@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pipeline.checkpoint import file_sha256, load_checkpoint
 from pipeline.imageio import DEFAULT_MAX_PIXELS, DecodeError, decode, encode_to, write_atomic
 from pipeline.lut import DEFAULT_LUT_SIZE
-from pipeline.render import Retoucher
+from pipeline.render import open_retoucher
 
 from .ledger import LedgerRow, now
 
@@ -33,6 +33,11 @@ class RenderSettings:
     lut_size: int = DEFAULT_LUT_SIZE
     tiff_compression: str = DEFAULT_TIFF_COMPRESSION
     half_size: bool = False
+    model_options: str = ""  # JSON of the model's run options (aesthetic: guide file and hash, search steps, lr)
+
+    @property
+    def model_options_dict(self) -> dict:
+        return json.loads(self.model_options) if self.model_options else {}
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -94,7 +99,8 @@ class ImageProcessor:
         self.config = config
         self._use_threads()
         loaded = load_checkpoint(config.weights, device=config.device)
-        self.retoucher = Retoucher(loaded, lut_size=config.settings.lut_size, device=config.device)
+        self.retoucher = open_retoucher(loaded, lut_size=config.settings.lut_size, device=config.device,
+                                        options=config.settings.model_options_dict)
         self.settings_json = config.settings.to_json()
         self._threads = ThreadPoolExecutor(max_workers=2 * max(1, config.images), thread_name_prefix="hash")
         # one image at a time on the model: its kernels use all the worker's threads (or the GPU), and device
@@ -164,14 +170,19 @@ class ImageProcessor:
                 if self.config.images > 1:
                     lap("wait")  # for another image's model stage
                     self._use_threads()
+                view = self.retoucher.view(pixels)
+                prediction = None
                 if task.strengths is None:
-                    strengths = [float(x) for x in self.retoucher.predict(pixels)]
+                    strengths = [float(x) for x in self.retoucher.predict(view)]
+                    details = self.retoucher.prediction_details()
+                    prediction = json.dumps(details, sort_keys=True) if details else None
                     lap("predict")
                 else:
                     strengths = [float(x) for x in task.strengths]
-                lut = self.retoucher.lut(strengths)
-                lap("bake")
-                self.retoucher.render(pixels, strengths, out=pixels, lut=lut)  # in place: no second full-res buffer
+                prepared = self.retoucher.prepare(view, strengths)
+                lap("prepare")
+                self.retoucher.apply(pixels, prepared, out=pixels)  # in place: no second full-res buffer
+                del prepared, view
                 lap("apply")
             if os.path.realpath(task.output) == os.path.realpath(src):
                 raise DecodeError("refusing to overwrite the source with its output")
@@ -190,7 +201,7 @@ class ImageProcessor:
             source_sha = source_hash.result()
             return self._row(task, "ok", source_sha256=source_sha, output_sha256=out_sha, strengths=strengths,
                              width=w, height=h, seconds=round(time.perf_counter() - t0, 4),
-                             timings=json.dumps(timings))
+                             timings=json.dumps(timings), prediction=prediction)
         except DecodeError as e:
             return self._row(task, "error", error=f"{src}: {e}", output_path=None,
                              seconds=round(time.perf_counter() - t0, 4))

@@ -1,9 +1,10 @@
-"""`retouch-batch bench`: time and memory per image size, our LUT path beside the reference's per-pixel network.
+"""`retouch-batch bench`: time and memory per image size for each retoucher asked for, side by side.
 
 Each size is a real photo resized to that many megapixels and stored as a 16-bit TIFF. Stages: decode (tifffile),
-predict (thumbnail + strength predictors), bake (LUT), apply (LUT at full resolution, uint16 in place), encode
-(16-bit TIFF bytes, each codec asked for). The reference way (every predictor fed the full-resolution
-intermediate, the network on every pixel) is measured up to ``reference_max_mp``.
+predict (thumbnail + parameter predictors), prepare (a LUT bake, or a bilateral retoucher's grids), apply (full
+resolution, uint16 in place), encode (16-bit TIFF bytes, each codec asked for). The reference way (the model's
+whole network on the full-resolution image) is measured up to ``reference_max_mp``, and ``apply`` is compared with
+the model's own float maths (``render_exact``) there.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import torch
 from .checkpoint import load_checkpoint
 from .imageio import decode, encode_to, write_atomic
 from .metrics import psnr
-from .render import Retoucher
+from .render import Retoucher, open_retoucher
 
 DEFAULT_SIZES_MP = (0.5, 2, 12, 24, 50)
 
@@ -63,24 +64,25 @@ class PeakRSS:
 
 @dataclass
 class SizeResult:
+    model: str
     megapixels: float
     width: int
     height: int
     decode_s: float
     predict_s: float
-    bake_s: float
+    prepare_s: float
     apply_s: float
-    model_stage_s: float  # predict + bake + apply
+    model_stage_s: float  # predict + prepare + apply
     encode_s: dict[str, float]
     encoded_mb: dict[str, float]
     peak_mib_model_stage: float
     peak_mib_total: float
-    lut_vs_exact_db: float | None = None
+    apply_vs_exact_db: float | None = None  # apply (uint16) against the model's float maths, PSNR
     reference_s: float | None = None  # full-resolution network forward (predict + render), the reference's way
     reference_peak_mib: float | None = None
     speedup_vs_reference: float | None = None
     device: str | None = None  # the same model stage on an accelerator (``--device``), when asked for
-    device_model_s: float | None = None  # predict + bake + apply of an image already in device memory
+    device_model_s: float | None = None  # predict + prepare + apply of an image already in device memory
     device_with_transfers_s: float | None = None  # host uint16 -> device -> rendered -> host uint16
     device_peak_mib: float | None = None  # device memory, above what was allocated before
     device_max_diff_steps: int | None = None  # against the CPU render, in 16-bit steps
@@ -89,7 +91,7 @@ class SizeResult:
 @dataclass
 class BenchReport:
     machine: dict
-    weights: str
+    weights: dict  # model -> checkpoint path
     lut_size: int
     threads: int
     sizes: list[SizeResult] = field(default_factory=list)
@@ -142,10 +144,10 @@ def bench_size(retoucher: Retoucher, megapixels: float, photo, codecs, reference
         scratch.fill(0)  # touch its pages now, so they count in neither peak below
         with PeakRSS() as model_mem:
             predict_s, s = _timed(lambda: retoucher.predict(px), repeat=2)
-            bake_s, lut = _timed(lambda: retoucher.lut(s), repeat=2)
-            apply_s, _ = _timed(lambda buf=scratch: retoucher.render(px, s, out=buf, lut=lut), repeat=2)
+            prepare_s, plan = _timed(lambda: retoucher.prepare(px, s), repeat=2)
+            apply_s, _ = _timed(lambda buf=scratch: retoucher.apply(px, plan, out=buf), repeat=2)
             t = time.perf_counter()
-            retoucher.render(px, s, out=px, lut=lut)
+            retoucher.apply(px, plan, out=px)
             apply_s = min(apply_s, time.perf_counter() - t)
         scratch_mib = scratch.nbytes / 2**20
         scratch = None  # freed before encoding
@@ -156,13 +158,13 @@ def bench_size(retoucher: Retoucher, megapixels: float, photo, codecs, reference
                 f, px, "tiff16", tiff_compression=c, threads=torch.get_num_threads())))
             enc[c] = round(enc[c], 4)
             size[c] = round(os.path.getsize(out_path) / 1e6, 2)
-    res = SizeResult(megapixels, w, h, round(decode_s, 4), round(predict_s, 4), round(bake_s, 4), round(apply_s, 4),
-                     round(predict_s + bake_s + apply_s, 4), enc, size, round(model_mem.mib, 1),
-                     round(total.mib - scratch_mib, 1))
+    res = SizeResult(retoucher.info.model, megapixels, w, h, round(decode_s, 4), round(predict_s, 4),
+                     round(prepare_s, 4), round(apply_s, 4), round(predict_s + prepare_s + apply_s, 4), enc, size,
+                     round(model_mem.mib, 1), round(total.mib - scratch_mib, 1))
     if megapixels <= reference_max_mp:
         orig = decode(path).pixels
         exact = retoucher.render_exact(orig, s)
-        res.lut_vs_exact_db = round(psnr(retoucher.render(orig, s, lut=lut).astype(np.float32) / 65535, exact), 2)
+        res.apply_vs_exact_db = round(psnr(retoucher.apply(orig, plan).astype(np.float32) / 65535, exact), 2)
         del exact
         img = torch.from_numpy(orig.astype(np.float32) / 65535).permute(2, 0, 1)[None]
         del orig
@@ -225,29 +227,29 @@ def bench_device(retoucher: Retoucher, pixels: np.ndarray, cpu_render: np.ndarra
 
 def _bench_in_child(weights, lut_size, threads, mp, photo, codecs, reference_max_mp, workdir, device=None) -> dict:
     torch.set_num_threads(threads)
-    r = Retoucher(load_checkpoint(weights), lut_size=lut_size)
+    r = open_retoucher(load_checkpoint(weights), lut_size=lut_size)
     r.warm_up()  # compile and allocate outside the timings
     res = bench_size(r, mp, photo, codecs, reference_max_mp, workdir)
     if device:
         src = photo_at_size(mp, photo)
         cpu_render = r.render(src, r.predict(src))
-        on = Retoucher(load_checkpoint(weights, device=device), lut_size=lut_size, device=device)
+        on = open_retoucher(load_checkpoint(weights, device=device), lut_size=lut_size, device=device)
         for k, v in bench_device(on, src, cpu_render).items():
             setattr(res, k, v)
     return asdict(res)
 
 
-HEADER = (f"{'MP':>5} {'size':>11} {'decode':>7} {'predict':>8} {'bake':>6} {'apply':>6} {'model':>6} "
-          f"{'encode':>24} {'peak MiB':>9} {'LUT dB':>7} {'reference':>10} {'ratio':>7}")
+HEADER = (f"{'model':<10} {'MP':>5} {'size':>11} {'decode':>7} {'predict':>8} {'prep':>6} {'apply':>6} {'stage':>6} "
+          f"{'encode':>24} {'peak MiB':>9} {'vs exact dB':>11} {'reference':>10} {'ratio':>7}")
 
 
-DEVICE_HEADER = (f"{'MP':>5} {'device':>8} {'model (in device memory)':>25} {'with transfers':>15} {'peak MiB':>9} "
+DEVICE_HEADER = (f"{'model':<10} {'MP':>5} {'device':>8} {'model (in device memory)':>25} {'with transfers':>15} {'peak MiB':>9} "
                  f"{'max diff':>9}")
 
 
 def format_device_row(r: SizeResult) -> str:
     peak = f"{r.device_peak_mib:9.1f}" if r.device_peak_mib is not None else f"{'-':>9}"
-    return (f"{r.megapixels:5.1f} {r.device:>8} {r.device_model_s * 1000:22.2f} ms "
+    return (f"{r.model:<10} {r.megapixels:5.1f} {r.device:>8} {r.device_model_s * 1000:22.2f} ms "
             f"{r.device_with_transfers_s * 1000:12.2f} ms {peak} {r.device_max_diff_steps:9d}")
 
 
@@ -255,35 +257,42 @@ def format_row(r: SizeResult) -> str:
     enc = " ".join(f"{c}:{t:.2f}" for c, t in r.encode_s.items())
     ref = f"{r.reference_s:.2f}s" if r.reference_s is not None else "-"
     ratio = f"{r.speedup_vs_reference:.0f}x" if r.speedup_vs_reference else "-"
-    db = f"{r.lut_vs_exact_db:.1f}" if r.lut_vs_exact_db is not None else "-"
-    return (f"{r.megapixels:5.1f} {r.width:>5}x{r.height:<5} {r.decode_s:7.3f} {r.predict_s:8.3f} {r.bake_s:6.3f} "
-            f"{r.apply_s:6.3f} {r.model_stage_s:6.3f} {enc:>24} {r.peak_mib_model_stage:9.1f} {db:>7} {ref:>10} "
-            f"{ratio:>7}")
+    db = f"{r.apply_vs_exact_db:.1f}" if r.apply_vs_exact_db is not None else "-"
+    return (f"{r.model:<10} {r.megapixels:5.1f} {r.width:>5}x{r.height:<5} {r.decode_s:7.3f} {r.predict_s:8.3f} "
+            f"{r.prepare_s:6.3f} {r.apply_s:6.3f} {r.model_stage_s:6.3f} {enc:>24} {r.peak_mib_model_stage:9.1f} "
+            f"{db:>11} {ref:>10} {ratio:>7}")
 
 
-def run_bench(sizes=DEFAULT_SIZES_MP, weights: str | None = None, lut_size: int = 33, codecs=("none", "zstd"),
+def run_bench(sizes=DEFAULT_SIZES_MP, weights=None, lut_size: int = 33, codecs=("none", "zstd"),
               reference_max_mp: float = 2.0, threads: int | None = None, photo_path: str | None = None,
               json_path: str | None = None, log=print, device: str | None = None) -> BenchReport:
-    """``device`` (e.g. "cuda") also times the model stage there, beside the CPU, in the same run."""
+    """``weights``: one checkpoint path, or a list of paths and registered model names (their shipped weights), timed
+    side by side for each size; ``device`` (e.g. "cuda") also times the model stage there, in the same run."""
     threads = threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
-    loaded = load_checkpoint(weights)
+    chosen = weights if isinstance(weights, (list, tuple)) else [weights]
+    paths = {}
+    for w in chosen:
+        is_name = w is None or not (os.path.sep in w or w.endswith((".pt", ".pth")) or os.path.isfile(w))
+        loaded = load_checkpoint(None if is_name else w, model=w if is_name else None)
+        paths[loaded.info.model if loaded.info.model not in paths else loaded.weights_path] = loaded.weights_path
     photo = None
     if photo_path:
         from PIL import Image
         photo = np.asarray(Image.open(photo_path).convert("RGB"))
-    report = BenchReport(machine_info(), loaded.weights_path, lut_size, threads)
+    report = BenchReport(machine_info(), paths, lut_size, threads)
     log(f"machine: {report.machine}; LUT {lut_size}^3; {threads} threads")
     log(HEADER)
     import multiprocessing
     ctx = multiprocessing.get_context("spawn")  # a fresh process per size: peak memory is that size's alone
     with tempfile.TemporaryDirectory(prefix="retouch-bench-") as d:
         for mp in sizes:
-            with ctx.Pool(1) as pool:
-                res = pool.apply(_bench_in_child,
-                                 (weights, lut_size, threads, mp, photo, codecs, reference_max_mp, d, device))
-            report.sizes.append(SizeResult(**res))
-            log(format_row(report.sizes[-1]))
+            for path in paths.values():
+                with ctx.Pool(1) as pool:
+                    res = pool.apply(_bench_in_child,
+                                     (path, lut_size, threads, mp, photo, codecs, reference_max_mp, d, device))
+                report.sizes.append(SizeResult(**res))
+                log(format_row(report.sizes[-1]))
     if device:
         log(f"model stage on {device} (strengths predicted on the device too; max diff against the CPU render):")
         log(DEVICE_HEADER)

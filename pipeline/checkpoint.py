@@ -18,7 +18,9 @@ from .models import model_class
 
 FORMAT = "retouch-batch-checkpoint"
 FORMAT_VERSION = 1
-DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "neurop-default.pt"
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+DEFAULT_MODEL = "neurop"
+DEFAULT_WEIGHTS = WEIGHTS_DIR / "neurop-default.pt"
 
 # How an input must be rendered for a model: a model trained on sRGB photos expects the camera's white balance,
 # sRGB primaries and tone curve, no auto-brightening, decoded at 16 bits.
@@ -81,9 +83,26 @@ def _official_info(path: Path) -> ModelInfo:
     )
 
 
-def load_checkpoint(path: str | os.PathLike | None = None, device: str = "cpu") -> LoadedModel:
-    """Load the project's own checkpoint or an official NeurOp ``.pth``; ``None`` loads the shipped default."""
-    path = Path(path) if path else DEFAULT_WEIGHTS
+def shipped_weights(model: str | None = None) -> Path:
+    """The checkpoint shipped in the package for a registered model (``None``: the default model)."""
+    name = model or DEFAULT_MODEL
+    try:
+        cls = model_class(name)
+    except KeyError as e:
+        raise CheckpointError(f"--model: {e.args[0]}") from None
+    if not getattr(cls, "default_weights", None):
+        raise CheckpointError(f"model {name!r} ships no weights (it is learned per user: retouch-batch train ...); "
+                              "pass --weights with one you trained")
+    return WEIGHTS_DIR / cls.default_weights
+
+
+def load_checkpoint(path: str | os.PathLike | None = None, device: str = "cpu", model: str | None = None) -> LoadedModel:
+    """Load the project's own checkpoint or an official NeurOp ``.pth``.
+
+    ``path=None`` loads the weights shipped for ``model`` (default: NeurOp's); with both, the checkpoint must hold
+    that model (a checkpoint names its model).
+    """
+    path = Path(path) if path else shipped_weights(model)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
@@ -103,17 +122,19 @@ def load_checkpoint(path: str | os.PathLike | None = None, device: str = "cpu") 
     else:
         raise CheckpointError(f"{path}: not a retouch-batch or NeurOp checkpoint")
     try:
-        model = model_class(info.model)()
+        net = model_class(info.model)()
     except KeyError as e:
         raise CheckpointError(f"{path}: {e.args[0]}") from None
     try:
-        model.load_state_dict(state)
+        net.load_state_dict(state)
     except RuntimeError as e:
         raise CheckpointError(f"{path}: weights do not fit model {info.model!r}: {str(e).splitlines()[0]}") from None
-    if tuple(model.operators) != tuple(info.operators):
-        raise CheckpointError(f"{path}: operators {info.operators} do not match model {info.model!r} {model.operators}")
-    model.eval().requires_grad_(False).to(device)
-    return LoadedModel(model, info, str(path.resolve()), file_sha256(path))
+    if tuple(net.operators) != tuple(info.operators):
+        raise CheckpointError(f"{path}: operators {info.operators} do not match model {info.model!r} {net.operators}")
+    if model and info.model != model:
+        raise CheckpointError(f"{path}: holds model {info.model!r}, not {model!r} (drop --model or pick other weights)")
+    net.eval().requires_grad_(False).to(device)
+    return LoadedModel(net, info, str(path.resolve()), file_sha256(path))
 
 
 def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, info: ModelInfo,

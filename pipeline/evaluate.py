@@ -9,8 +9,9 @@ import numpy as np
 import torch
 
 from .checkpoint import load_checkpoint
+from .render import configure_model
 from .imageio import IMAGE_EXTENSIONS, decode
-from .metrics import delta_e76, psnr, ssim
+from .metrics import delta_e76, histogram_intersections, psnr, ssim
 
 
 @dataclass
@@ -31,6 +32,10 @@ class EvalResult:
     delta_e: float
     psnr_input: float
     per_image: list[PairScore]
+    # the aesthetic-guided seed's patch histogram intersections (%) with the targets (pipeline.metrics), of the
+    # outputs and of the inputs
+    histogram_intersection: dict[str, float] | None = None
+    histogram_intersection_input: dict[str, float] | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -69,12 +74,20 @@ def load_float(path: str) -> np.ndarray:
 
 
 @torch.inference_mode()
-def score_pair(model, image_id: str, a: np.ndarray, b: np.ndarray) -> PairScore:
-    """One pair through ``model`` (its ``forward`` on the whole image), scored against the target."""
+def model_output(model, a: np.ndarray) -> np.ndarray:
+    """(H, W, 3) float32 through ``model``'s ``forward`` on the whole image -> (H, W, 3) float32."""
     device = next(model.parameters()).device
     out, _ = model(torch.from_numpy(a).permute(2, 0, 1)[None].to(device))
-    o = out[0].permute(1, 2, 0).cpu().numpy()
+    return out[0].permute(1, 2, 0).float().cpu().numpy()
+
+
+def score_output(image_id: str, o: np.ndarray, a: np.ndarray, b: np.ndarray) -> PairScore:
     return PairScore(image_id, psnr(o, b), ssim(o, b), delta_e76(o, b), psnr(a, b))
+
+
+def score_pair(model, image_id: str, a: np.ndarray, b: np.ndarray) -> PairScore:
+    """One pair through ``model`` (its ``forward`` on the whole image), scored against the target."""
+    return score_output(image_id, model_output(model, a), a, b)
 
 
 def score_arrays(model, pairs: list[tuple[str, np.ndarray, np.ndarray]]) -> list[PairScore]:
@@ -82,19 +95,29 @@ def score_arrays(model, pairs: list[tuple[str, np.ndarray, np.ndarray]]) -> list
     return [score_pair(model, i, a, b) for i, a, b in pairs]
 
 
-@torch.inference_mode()
-def evaluate(pairs: list[tuple[str, str, str]], weights: str | None = None, model=None) -> EvalResult:
-    """The full image through the exact network, output clamped to [0, 1], no 8-bit rounding (as the reference)."""
+def evaluate(pairs: list[tuple[str, str, str]], weights: str | None = None, model=None,
+             retoucher: str | None = None, options: dict | None = None) -> EvalResult:
+    """The full image through the exact network, output clamped to [0, 1], no 8-bit rounding (as the reference).
+
+    ``weights`` a checkpoint, or ``retoucher`` a registered model's shipped weights, or ``model`` one in memory;
+    ``options`` configure the model as a run's would (aesthetic: guide, search steps and rate).
+    """
     if model is None:
-        loaded = load_checkpoint(weights)
-        model, name = loaded.model, loaded.weights_path
+        loaded = load_checkpoint(weights, model=retoucher)
+        model, name = loaded.model, f"{loaded.info.model}: {loaded.weights_path}"
     else:
         name = weights or "(in memory)"
-    scores = []
+    configure_model(model, options)
+    scores, inputs, outputs, targets = [], [], [], []
     for image_id, inp, tgt in pairs:
         a, b = load_float(inp), load_float(tgt)
         if a.shape != b.shape:
             raise ValueError(f"{inp}: size {a.shape[:2]} differs from its target {b.shape[:2]}")
-        scores.append(score_pair(model, image_id, a, b))
+        o = model_output(model, a)
+        scores.append(score_output(image_id, o, a, b))
+        inputs.append(a)
+        outputs.append(o)
+        targets.append(b)
     mean = lambda k: float(np.mean([getattr(s, k) for s in scores]))  # noqa: E731
-    return EvalResult(name, len(scores), mean("psnr"), mean("ssim"), mean("delta_e"), mean("psnr_input"), scores)
+    return EvalResult(name, len(scores), mean("psnr"), mean("ssim"), mean("delta_e"), mean("psnr_input"), scores,
+                      histogram_intersections(outputs, targets), histogram_intersections(inputs, targets))

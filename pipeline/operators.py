@@ -43,9 +43,19 @@ def vibrance(img: torch.Tensor, vib: torch.Tensor | float) -> torch.Tensor:
     return linear_to_srgb(avg + (1 + p) * (lin - avg))
 
 
+def white_balance(img: torch.Tensor, warmth: torch.Tensor | float) -> torch.Tensor:
+    """Warmer (warmth > 0) or cooler: linear gains (2^w, 1, 2^-w) renormalized so that a grey keeps its luminance
+    0.27 R + 0.67 G + 0.06 B (Exposure's ImprovedWhiteBalanceFilter, with red and blue tied to one slider)."""
+    w = _per_image(warmth, img)
+    gains = torch.cat([2.0 ** w, torch.ones_like(w), 2.0 ** -w], dim=1)
+    gains = gains / (0.27 * gains[:, :1] + 0.67 * gains[:, 1:2] + 0.06 * gains[:, 2:])
+    return linear_to_srgb(srgb_to_linear(img) * gains)
+
+
 # name -> (function, strength range): one place for what each neural operator imitates
 STANDARD = {
     "bc": (black_clip, (-0.1, 0.1)),
     "ex": (exposure, (-1.5, 1.5)),
     "vb": (vibrance, (-1.0, 1.0)),
+    "wb": (white_balance, (-0.5, 0.5)),
 }

@@ -1,8 +1,9 @@
-"""Predict an image's strengths from a thumbnail and render it at full resolution.
+"""The retoucher interface: predict an image's parameters from a thumbnail, prepare, render at full resolution.
 
-The strengths are predicted on an antialiased thumbnail (long side ``prediction_size``, as the training photos),
-so they do not depend on the resolution of the source. Full-resolution rendering goes through a baked 3D LUT;
-``render_exact`` runs the network on every pixel, in strips, for verification.
+The parameters are predicted on an antialiased thumbnail (long side ``prediction_size``, as the training photos),
+so they do not depend on the resolution of the source. Global colour functions render through a baked 3D LUT
+(``LutRetoucher``); local retouchers (pipeline.bilateral) bring their own prepare and apply. ``render_exact`` runs
+the model's own maths on the whole image, for verification.
 """
 from __future__ import annotations
 
@@ -59,7 +60,18 @@ def thumbnail_tensor(image: torch.Tensor, long_side: int) -> torch.Tensor:
 
 
 class Retoucher:
-    """A loaded model ready to predict strengths and render images."""
+    """A loaded model ready to retouch images: predict -> prepare -> apply.
+
+    - ``view(pixels)``: the small image the model looks at (an antialiased thumbnail, long side
+      ``prediction_size``), on the model's device;
+    - ``predict(view)``: the image's parameters, named by ``params`` (``operators`` are their names);
+    - ``prepare(view, strengths)``: what rendering needs for those parameters (a LUT, a set of grids);
+    - ``apply(pixels, prepared, out)``: full resolution, uint16 in and uint16 out (in place with ``out=pixels``), in
+      bounded memory: a compiled CPU kernel, or torch in strips on a GPU.
+
+    ``open_retoucher`` picks the subclass a model declares (``rendering``); global colour functions use
+    ``LutRetoucher``.
+    """
 
     def __init__(self, loaded: LoadedModel, lut_size: int = DEFAULT_LUT_SIZE, device: str = "cpu"):
         self.loaded = loaded
@@ -69,43 +81,81 @@ class Retoucher:
         self.device = device
 
     @property
+    def params(self):
+        return tuple(self.model.params)
+
+    @property
     def operators(self) -> tuple[str, ...]:
         return tuple(self.info.operators)
 
-    @torch.inference_mode()
-    def predict(self, pixels: np.ndarray) -> np.ndarray:
-        thumb = thumbnail(pixels, self.info.prediction_size).to(self.device)
-        return self.model.predict_strengths(thumb, self.lut_size)[0].float().cpu().numpy()
+    def view(self, pixels: np.ndarray) -> torch.Tensor:
+        return thumbnail(pixels, self.info.prediction_size).to(self.device)
+
+    def _as_view(self, pixels_or_view) -> torch.Tensor:
+        return self.view(pixels_or_view) if isinstance(pixels_or_view, np.ndarray) else pixels_or_view
 
     @torch.inference_mode()
+    def predict(self, pixels_or_view) -> np.ndarray:
+        """(K,) float32 parameters, from the pixels (H, W, 3) uint16 or their ``view``."""
+        view = self._as_view(pixels_or_view)
+        return self.model.predict_strengths(view, self.lut_size)[0].float().cpu().numpy()
+
+    def prediction_details(self) -> dict:
+        """What the last ``predict`` wants on the record besides the parameters (the aesthetic model: its guide and
+        the guide's scores before and after); {} for most retouchers."""
+        details = getattr(self.model, "prediction_details", None)
+        return details() if details else {}
+
+    def prepare(self, pixels_or_view, strengths):
+        raise NotImplementedError
+
+    def apply(self, pixels: np.ndarray, prepared, out: np.ndarray | None = None) -> np.ndarray:
+        raise NotImplementedError
+
+    def render(self, pixels: np.ndarray, strengths, out: np.ndarray | None = None, prepared=None) -> np.ndarray:
+        """prepare + apply for given strengths: uint16 in, uint16 out (may be in place: ``out=pixels``)."""
+        prepared = self.prepare(pixels, strengths) if prepared is None else prepared
+        return self.apply(pixels, prepared, out)
+
     def retouch_tensor(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Predict and render an image that is already on the model's device, without it leaving the device.
 
-        image (1, 3, H, W) float in [0, 1] -> (rendered image, same shape, clamped; strengths (3,)).
+        image (1, 3, H, W) float in [0, 1] -> (rendered image, same shape, clamped; strengths (K,)).
         """
-        strengths = self.model.predict_strengths(thumbnail_tensor(image, self.info.prediction_size),
-                                                 self.lut_size)[0]
-        return apply_lut_torch(image, bake_table(self.model, strengths, self.lut_size)), strengths
+        raise NotImplementedError
+
+    @torch.inference_mode()
+    def render_exact(self, pixels: np.ndarray, strengths) -> np.ndarray:
+        """The model's own float maths on the whole image (float32 result in [0, 1]), to verify ``apply``."""
+        raise NotImplementedError
 
     def warm_up(self) -> None:
         """Compile the kernels and let torch allocate once, so the first real image is not slower than the rest."""
         probe = np.full((64, 96, 3), 30000, np.uint16)
         self.render(probe, self.predict(probe), out=probe)
 
+
+class LutRetoucher(Retoucher):
+    """A global colour function for fixed strengths: prepared as one baked 3D LUT per image."""
+
+    def prepare(self, pixels_or_view, strengths) -> np.ndarray:
+        return self.lut(strengths)
+
     def lut(self, strengths) -> np.ndarray:
         return bake_lut(self.model, strengths, self.lut_size)
 
-    def render(self, pixels: np.ndarray, strengths, out: np.ndarray | None = None,
-               lut: np.ndarray | None = None) -> np.ndarray:
-        """Full-resolution render through the LUT: uint16 in, uint16 out (may be in place: ``out=pixels``).
-
-        On a CPU a compiled trilinear loop; on a GPU torch's grid_sample, in strips of rows so that GPU memory
-        holds a strip, not the image.
-        """
-        lut = self.lut(strengths) if lut is None else lut
+    def apply(self, pixels: np.ndarray, prepared: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """On a CPU a compiled trilinear loop; on a GPU torch's grid_sample, in strips of rows so that GPU memory
+        holds a strip, not the image."""
         if self.device == "cpu":
-            return apply_lut_u16(pixels, lut, out)
-        return render_lut_torch(pixels, lut, self.device, out)
+            return apply_lut_u16(pixels, prepared, out)
+        return render_lut_torch(pixels, prepared, self.device, out)
+
+    @torch.inference_mode()
+    def retouch_tensor(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        strengths = self.model.predict_strengths(thumbnail_tensor(image, self.info.prediction_size),
+                                                 self.lut_size)[0]
+        return apply_lut_torch(image, bake_table(self.model, strengths, self.lut_size)), strengths
 
     @torch.inference_mode()
     def render_exact(self, pixels: np.ndarray, strengths) -> np.ndarray:
@@ -118,6 +168,26 @@ class Retoucher:
             chunk = torch.from_numpy(flat[i:i + EXACT_STRIP_PIXELS].astype(np.float32) / scale).to(self.device)
             out[i:i + EXACT_STRIP_PIXELS] = self.model.render_pixels(chunk, s).cpu().numpy()
         return out.reshape(pixels.shape)
+
+
+def configure_model(model: torch.nn.Module, options: dict | None) -> None:
+    """Apply a run's model options (``--guide``, ``--search-steps`` ...) to a model that takes them."""
+    if not options:
+        return
+    if not hasattr(model, "configure"):
+        given = ", ".join("--" + k.replace("_", "-") for k in sorted(options))
+        raise ValueError(f"{given}: model {model.name!r} takes no such option")
+    model.configure(**options)
+
+
+def open_retoucher(loaded: LoadedModel, lut_size: int = DEFAULT_LUT_SIZE, device: str = "cpu",
+                   options: dict | None = None) -> Retoucher:
+    """The retoucher for a loaded checkpoint: the LUT path for global colour functions, else the model's own;
+    ``options`` configure the model for a run (see ``configure_model``)."""
+    model = loaded.model
+    configure_model(model, options)
+    cls = LutRetoucher if model.rendering == "lut" else model.retoucher_class()
+    return cls(loaded, lut_size=lut_size, device=device)
 
 
 GPU_STRIP_PIXELS = 1 << 23

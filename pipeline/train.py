@@ -20,16 +20,18 @@ import torch.nn.functional as F
 
 from .checkpoint import ModelInfo, load_checkpoint, load_operator_init, save_checkpoint
 from .evaluate import find_pairs, load_float
-from .models.neurop import OPERATORS, NeurOp
+from .models import model_class
 from .operators import STANDARD
 
 TRAINABLE = ("all", "predictors", "heads", "operators")
+DISTORTIONS = ("bc", "ex", "vb")  # what distort-and-recover pairs mis-develop (NeurOp's operators can undo them)
 
 
 @dataclass
 class TrainConfig:
     pairs: list[str]
     out: str
+    model: str | None = None  # a registered retoucher to train from scratch; None: --init's, else neurop
     init: str | None = None  # weights to start from (own or official); None: operator initialization first
     init_operators: str | None = None  # official init_renderer.pth as the operators' starting point
     iters: int = 1000
@@ -43,6 +45,8 @@ class TrainConfig:
     photos: list[str] = field(default_factory=list)  # unlabeled photos: synthetic or distilled pairs
     teacher: str | None = None  # with photos: targets are this model's output (distillation)
     real_fraction: float = 0.5  # with photos: share of iterations on real pairs
+    baseline: str | None = None  # cross-validation compares against these weights (default: init)
+    train_size: int | None = None  # long side the training pairs are shrunk to (validation stays full size)
     device: str = "cpu"
 
 
@@ -80,35 +84,15 @@ def joint_loss(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.l1_loss(out, target) + 0.1 * (tv_loss(out) + colour_loss(out, target))
 
 
-def select_trainable(model: NeurOp, which: str) -> list[torch.nn.Parameter]:
-    if which not in TRAINABLE:
-        raise ValueError(f"--trainable must be one of {', '.join(TRAINABLE)}")
+def select_trainable(model, which: str) -> list[torch.nn.Parameter]:
+    """Freeze all but the parameters ``which`` names (the model's ``parameter_groups``)."""
+    groups = model.parameter_groups()
+    if which not in groups:
+        raise ValueError(f"--trainable must be one of {', '.join(groups)}")
+    chosen = set(groups[which])
     for name, p in model.named_parameters():
-        p.requires_grad = (which == "all" or (which == "heads" and "_predictor" in name)
-                           or (which == "predictors" and ("_predictor" in name or "image_encoder" in name))
-                           or (which == "operators" and "_renderer" in name))
+        p.requires_grad = name in chosen
     return [p for p in model.parameters() if p.requires_grad]
-
-
-def initialize_operators(model: NeurOp, photos: list[np.ndarray], iters: int, rng: random.Random,
-                         log=print) -> None:
-    """Each operator learns its standard operator: L1(R(A, 0), A) + L1(R(A, v), B), A/B = the photo at two levels."""
-    for op in OPERATORS:
-        fn, (lo, hi) = STANDARD[op]
-        renderer = model.renderer(op)
-        opt = torch.optim.Adam(renderer.parameters(), lr=1e-3, betas=(0.9, 0.99))
-        for it in range(iters):
-            img = torch.from_numpy(photos[rng.randrange(len(photos))]).permute(2, 0, 1)[None]
-            img = img[..., ::4, ::4]
-            a, b = rng.uniform(lo, hi), rng.uniform(lo, hi)
-            A, B = fn(img, a).clamp(0, 1), fn(img, b).clamp(0, 1)
-            v = torch.tensor([(b - a) / (hi - lo)], dtype=torch.float32)
-            loss = F.l1_loss(renderer(A, torch.zeros(1)), A) + F.l1_loss(renderer(A, v), B)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            if (it + 1) % max(1, iters // 4) == 0:
-                log(f"init {op}: {it + 1}/{iters} loss {loss.item():.4f}")
 
 
 def load_photos(sources: list[str], long_side: int = 512) -> list[np.ndarray]:
@@ -129,7 +113,7 @@ def load_photos(sources: list[str], long_side: int = 512) -> list[np.ndarray]:
 
 def distort(img: torch.Tensor, rng: random.Random) -> torch.Tensor:
     """A plausibly mis-developed version of a photo: 1-3 standard operators at random strengths, random order."""
-    ops = rng.sample(list(STANDARD), rng.randint(1, len(STANDARD)))
+    ops = rng.sample(list(DISTORTIONS), rng.randint(1, len(DISTORTIONS)))
     for op in ops:
         fn, (lo, hi) = STANDARD[op]
         img = fn(img, rng.uniform(lo, hi) * 0.7).clamp(0, 1)
@@ -159,6 +143,15 @@ def load_pairs(sources: list[str]) -> list[tuple[str, np.ndarray, np.ndarray]]:
     return out
 
 
+def shrink(image: np.ndarray, long_side: int) -> np.ndarray:
+    """(H, W, 3) float32 -> long side ``long_side`` (antialiased), unless already that small."""
+    if max(image.shape[:2]) <= long_side:
+        return image
+    from .render import resize_long_side
+    t = resize_long_side(torch.from_numpy(image).permute(2, 0, 1)[None], long_side)
+    return np.ascontiguousarray(t[0].permute(1, 2, 0).numpy())
+
+
 def split(pairs, cfg: TrainConfig):
     ids = sorted(p[0] for p in pairs)
     if cfg.val_ids:
@@ -178,6 +171,10 @@ def train(cfg: TrainConfig, log=print) -> dict:
     if not train_pairs:
         raise ValueError("every pair is held out for validation; lower --val")
     photo_set = photo_pairs(load_photos(cfg.photos), cfg.teacher) if cfg.photos else []
+    if cfg.train_size:
+        train_pairs = [(i, shrink(a, cfg.train_size), shrink(b, cfg.train_size)) for i, a, b in train_pairs]
+        photo_set = [(i, shrink(a, cfg.train_size), None if b is None else shrink(b, cfg.train_size))
+                     for i, a, b in photo_set]
     rng = random.Random(cfg.seed)
     last = out / "last.pt"
     start_it = 0
@@ -190,14 +187,18 @@ def train(cfg: TrainConfig, log=print) -> dict:
         torch.set_rng_state(blob["extra"]["torch_rng"])
         log(f"resuming from {last} at iteration {start_it}")
     elif cfg.init:
-        model = load_checkpoint(cfg.init).model.train()
+        model = load_checkpoint(cfg.init, model=cfg.model).model.train()
         model.requires_grad_(True)
     else:
-        model = NeurOp()
-        if cfg.init_operators:
+        model = model_class(cfg.model or "neurop")()
+        # stage 1 learns on the unlabeled photos when given, else on the training inputs
+        pool = lambda: load_photos(cfg.photos) if cfg.photos else [p[1] for p in train_pairs]  # noqa: E731
+        if cfg.init_operators and model.name == "neurop":
             model.load_state_dict(load_operator_init(cfg.init_operators), strict=False)
-        else:
-            initialize_operators(model, [p[1] for p in train_pairs], cfg.init_iters, rng, log)
+        elif cfg.init_operators:
+            raise ValueError(f"--init-operators: model {model.name!r} does not start from other operators")
+        else:  # the operators learn the standard ones
+            model.initialize_operators(pool(), cfg.init_iters, rng, log)
     model.to(cfg.device)
     params = select_trainable(model, cfg.trainable)
     opt = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.99))
@@ -213,8 +214,13 @@ def train(cfg: TrainConfig, log=print) -> dict:
             with open(curve_path, "a") as f:
                 f.write(f"0,,{v0[0]:.4f},{v0[1]:.5f},{v0[2]:.4f},0\n")
             log(f"iter 0: val PSNR {v0[0]:.2f} SSIM {v0[1]:.4f} dE {v0[2]:.2f}")
-    info = ModelInfo(model="neurop", model_version="1", operators=OPERATORS, training=_recipe(cfg),
+    info = ModelInfo(model=model.name, model_version=model.version, operators=tuple(model.operators),
+                     training=_recipe(cfg),
                      source=f"retouch-batch train from {os.path.basename(cfg.init) if cfg.init else 'scratch'}")
+    if cfg.iters == 0:  # operator initialization only (the seed's stage 1): its result is the checkpoint
+        save_checkpoint(out / "best.pt", model, info)
+        save_checkpoint(last, model, info, {"iteration": 0})
+        return {"best": {}, "initial": None, "final": None, "seconds": None, "iterations": 0}
     best = -math.inf
     if (out / "best.json").is_file():
         best = json.loads((out / "best.json").read_text())["val_psnr"]
@@ -272,10 +278,10 @@ def cross_validate(cfg: TrainConfig, folds: int | None = None, repeats: int = 1,
     weights on the same pair. Writes cv.json with bootstrap intervals of the gains (pipeline.crossval)."""
     from .crossval import cross_validate as run_cv
 
-    if not cfg.init:
-        raise ValueError("cross-validation compares against the starting weights: give --init")
+    if not (cfg.init or cfg.baseline):
+        raise ValueError("cross-validation compares against the starting weights: give --init or --baseline")
     pairs = load_pairs(cfg.pairs)
-    start = load_checkpoint(cfg.init).model
+    start = load_checkpoint(cfg.baseline or cfg.init).model
 
     def fit(train_pairs, fold_out: Path):
         held = sorted({p[0] for p in pairs} - {p[0] for p in train_pairs})

@@ -74,3 +74,36 @@ def _write_manifest(path, rows):
         w.writerow(["path"])
         for r in rows:
             w.writerow([r])
+
+
+def run_three_formats(folder: Path, model: str) -> Path:
+    """A real RAW, a 16-bit TIFF and a JPEG in a manifest under ``folder``, run with ``--model``; returns --out."""
+    import csv
+    import shutil
+
+    import tifffile
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from cli import main
+    src = folder / "in"
+    src.mkdir()
+    shutil.copy(need_shared("data", "raw", "good", "tinydng_colorchart.dng"), src)
+    storm = Image.open(need_shared("data", "photos", "Storm.jpg")).convert("RGB").resize((420, 280))
+    tifffile.imwrite(src / "storm16.tif", np.asarray(storm, dtype=np.uint16) * 257, photometric="rgb")
+    Image.open(need_shared("data", "photos", "Dune.jpg")).convert("RGB").resize((300, 200)).save(src / "dune.jpg")
+    with open(folder / "manifest.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path"])
+        for name in ("tinydng_colorchart.dng", "storm16.tif", "dune.jpg"):
+            w.writerow([f"in/{name}"])
+    out = folder / "out"
+    r = CliRunner().invoke(main, ["run", str(folder / "manifest.csv"), "--out", str(out), "--model", model,
+                                  "--workers", "2", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def ledger_rows(ledger) -> dict:
+    from jobs.ledger import read_ledger
+    return {x.image_id: x for x in read_ledger(ledger)}

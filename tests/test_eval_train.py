@@ -124,3 +124,44 @@ def test_distortions_change_photos_within_range():
     assert all(o.shape == img.shape and float(o.min()) >= 0 and float(o.max()) <= 1 for o in outs)
     changes = [float((o - img).abs().mean()) for o in outs]
     assert sum(c > 0.01 for c in changes) >= 6, changes  # most draws visibly change the photo
+
+
+def test_bilateral_trains_in_two_stages_and_cross_validates_against_a_baseline(two_pairs, lite_weights, tmp_path):
+    """Stage 1 alone (--iters 0: operators imitate the standard ones), then joint training from it, by name."""
+    _train(["--model", "bilateral", "--pairs", str(two_pairs), "--iters", "0", "--init-iters", "30"],
+           tmp_path / "s1")
+    m = load_checkpoint(tmp_path / "s1" / "best.pt", model="bilateral").model
+    x = torch.rand(1, 3, 40, 60) * 0.5 + 0.25
+    with torch.no_grad():
+        up = m.operator("ex")(x, torch.tensor([0.8])).mean()
+        down = m.operator("ex")(x, torch.tensor([-0.8])).mean()
+        warm = m.operator("wb")(x, torch.tensor([0.8]))
+    assert up > down  # exposure learned its direction
+    assert warm[:, 0].mean() - warm[:, 2].mean() > x[:, 0].mean() - x[:, 2].mean()  # white balance warms
+    r = _train(["--pairs", str(two_pairs), "--init", str(tmp_path / "s1" / "best.pt"), "--iters", "2",
+                "--train-size", "64", "--cv", "3", "--baseline", str(lite_weights)], tmp_path / "cv")
+    cv = json.loads((tmp_path / "cv" / "cv.json").read_text())
+    assert len(cv["per_pair"]) == 3  # every pair held out once, scored beside the NeurOp baseline
+    with pytest.raises(Exception):  # --init-operators is NeurOp's file only
+        from pipeline.train import TrainConfig, train
+        train(TrainConfig(pairs=[str(two_pairs)], out=str(tmp_path / "x"), model="bilateral",
+                          init_operators=str(lite_weights)), log=lambda *_: None)
+
+
+def test_eval_by_model_name_side_by_side():
+    pairs = need_shared("data", "fivek-pairs")
+    r = CliRunner().invoke(main, ["eval", str(pairs), "--model", "neurop", "--model", "bilateral", "--json"])
+    assert r.exit_code == 0, r.output
+    neurop, bilateral = json.loads(r.output)
+    assert neurop["weights"].startswith("neurop:") and bilateral["weights"].startswith("bilateral:")
+    assert neurop["n"] == bilateral["n"] == 13 and abs(neurop["psnr"] - 25.37) <= 0.02
+
+
+def test_models_lists_every_retoucher_with_its_parameters():
+    r = CliRunner().invoke(main, ["models", "--json"])
+    assert r.exit_code == 0, r.output
+    by_name = {e["model"]: e for e in json.loads(r.output)}
+    assert {"neurop", "bilateral", "style-look"} <= set(by_name)
+    assert [p["name"] for p in by_name["bilateral"]["params"]] == ["bc", "ex", "wb", "vb"]
+    assert by_name["bilateral"]["shipped_weights"] == "bilateral-default.pt"
+    assert by_name["style-look"]["shipped_weights"] is None

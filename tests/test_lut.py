@@ -7,7 +7,7 @@ from pipeline.checkpoint import load_checkpoint
 from pipeline.lut import (apply_lut_f32, apply_lut_planar, apply_lut_torch, apply_lut_u16, bake_lut, box_average_u16,
                           identity_grid)
 from pipeline.metrics import psnr
-from pipeline.render import Retoucher, thumbnail
+from pipeline.render import open_retoucher, thumbnail
 
 from conftest import synthetic_photo
 
@@ -23,7 +23,7 @@ def test_identity_lut_is_lossless_to_one_step():
 
 
 def test_in_place_equals_out_of_place():
-    r = Retoucher(load_checkpoint(None))
+    r = open_retoucher(load_checkpoint(None))
     px = synthetic_photo()
     lut = r.lut([0.2, -0.3, 0.4])
     a = apply_lut_u16(px, lut)
@@ -39,7 +39,7 @@ def test_lut_render_matches_exact_network(size, min_db):
     from PIL import Image
     img = np.asarray(Image.open(need_shared("data", "fivek-pairs", "input", "a1305.png")).convert("RGB"))
     px = img.astype(np.uint16) * 257
-    r = Retoucher(load_checkpoint(None), lut_size=size)
+    r = open_retoucher(load_checkpoint(None), lut_size=size)
     s = r.predict(px)
     exact = r.render_exact(px, s)
     via_lut = apply_lut_f32(px.astype(np.float32) / 65535, r.lut(s))
@@ -116,7 +116,7 @@ def test_thumbnail_is_resolution_independent_and_exact_when_small():
 
 
 def test_strengths_barely_move_with_resolution():
-    r = Retoucher(load_checkpoint(None))
+    r = open_retoucher(load_checkpoint(None))
     px = synthetic_photo(300, 400, seed=3)
     big = np.repeat(np.repeat(px, 5, axis=0), 5, axis=1)
     assert np.abs(r.predict(px) - r.predict(big)).max() < 0.02
@@ -140,7 +140,7 @@ def test_gpu_render_path_matches_the_cpu_kernel():
     """The torch (GPU) strip renderer, run here on the CPU device, agrees with the compiled kernel to 1 step."""
     from pipeline.render import render_lut_torch
     import pipeline.render as render
-    r = Retoucher(load_checkpoint(None))
+    r = open_retoucher(load_checkpoint(None))
     px = synthetic_photo(70, 50)
     lut = r.lut([0.1, 0.4, -0.3])
     old, render.GPU_STRIP_PIXELS = render.GPU_STRIP_PIXELS, 1000  # several strips
@@ -155,8 +155,8 @@ def test_gpu_render_path_matches_the_cpu_kernel():
 def test_cuda_render_and_predict():
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
-    cpu = Retoucher(load_checkpoint(None))
-    gpu = Retoucher(load_checkpoint(None, device="cuda"), device="cuda")
+    cpu = open_retoucher(load_checkpoint(None))
+    gpu = open_retoucher(load_checkpoint(None, device="cuda"), device="cuda")
     px = synthetic_photo(400, 600)
     assert np.abs(cpu.predict(px) - gpu.predict(px)).max() < 1e-3
     s = cpu.predict(px)

@@ -21,7 +21,7 @@ def test_processes_an_image_and_reports_timings(tmp_path):
     assert row.width == 128 and row.height == 96 and len(row.strengths) == 3
     out = tifffile.imread(tmp_path / "out" / "a.tif")
     assert out.dtype == np.uint16 and not np.array_equal(out, synthetic_photo())
-    assert {"decode", "predict", "bake", "apply", "encode", "write"} <= set(__import__("json").loads(row.timings))
+    assert {"decode", "predict", "prepare", "apply", "encode", "write"} <= set(__import__("json").loads(row.timings))
 
 
 def test_given_strengths_are_used_not_predicted(tmp_path):

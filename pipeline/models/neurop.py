@@ -9,10 +9,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import register
+from . import Param, register
 
-OPERATORS = ("bc", "ex", "vb")  # black clipping -> exposure -> vibrance: the order they are applied in
-OPERATOR_LABELS = {"bc": "black clipping", "ex": "exposure", "vb": "vibrance"}
+# black clipping -> exposure -> vibrance: the order they are applied in; the strengths are the operators' own
+# learned scale in [-1, 1], 0 being what the predictor would call "leave it"
+PARAMS = (Param("bc", "black clipping"), Param("ex", "exposure"), Param("vb", "vibrance"))
+OPERATORS = tuple(p.name for p in PARAMS)
 PREDICTOR_HEIGHT = 256
 
 
@@ -78,8 +80,9 @@ def predictor_input(image: torch.Tensor) -> torch.Tensor:
 class NeurOp(nn.Module):
     name = "neurop"
     version = "1"
-    operators = OPERATORS
-    is_global_colour_function = True
+    params = PARAMS
+    rendering = "lut"
+    default_weights = "neurop-default.pt"
 
     def __init__(self):
         super().__init__()
@@ -143,3 +146,32 @@ class NeurOp(nn.Module):
         for i, op in enumerate(OPERATORS):
             rgb = self.renderer(op).forward_pixels(rgb, strengths[i])
         return rgb.clamp(0, 1)
+
+    def parameter_groups(self) -> dict[str, list[str]]:
+        """Which parameter names each ``train --trainable`` choice moves."""
+        names = [n for n, _ in self.named_parameters()]
+        return {"all": names,
+                "heads": [n for n in names if "_predictor" in n],
+                "predictors": [n for n in names if "_predictor" in n or "image_encoder" in n],
+                "operators": [n for n in names if "_renderer" in n]}
+
+    def initialize_operators(self, photos, iters: int, rng, log=print) -> None:
+        """Each operator learns its standard operator (pipeline.operators): L1(R(A, 0), A) + L1(R(A, v), B), where A
+        and B are a photo at two random levels of the operator and v their difference on the strength scale."""
+        from ..operators import STANDARD
+        for op in OPERATORS:
+            fn, (lo, hi) = STANDARD[op]
+            renderer = self.renderer(op)
+            opt = torch.optim.Adam(renderer.parameters(), lr=1e-3, betas=(0.9, 0.99))
+            for it in range(iters):
+                img = torch.from_numpy(photos[rng.randrange(len(photos))]).permute(2, 0, 1)[None]
+                img = img[..., ::4, ::4]
+                a, b = rng.uniform(lo, hi), rng.uniform(lo, hi)
+                A, B = fn(img, a).clamp(0, 1), fn(img, b).clamp(0, 1)
+                v = torch.tensor([(b - a) / (hi - lo)], dtype=torch.float32)
+                loss = F.l1_loss(renderer(A, torch.zeros(1)), A) + F.l1_loss(renderer(A, v), B)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                if (it + 1) % max(1, iters // 4) == 0:
+                    log(f"init {op}: {it + 1}/{iters} loss {loss.item():.4f}")

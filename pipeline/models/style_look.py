@@ -19,7 +19,7 @@ from torch import nn
 
 from ..lut import apply_lut_torch, identity_grid
 from ..operators import STANDARD, srgb_to_linear
-from . import register
+from . import Param, register
 from .neurop import OPERATORS  # the same names and order, so ledgers and edits read alike
 
 # strength -1..1 -> the standard operator's own unit: black point (linear), stops, vibrance
@@ -81,8 +81,12 @@ def render_pixel_batches(rgb: torch.Tensor, strengths: torch.Tensor, look: torch
 class StyleLook(nn.Module):
     name = "style-look"
     version = "1"
-    operators = OPERATORS
-    is_global_colour_function = True
+    # the same slider names as NeurOp's; -1..1 spans STRENGTH_RANGES of the standard operators
+    params = (Param("bc", "black point", unit="0.1 of linear white per unit"),
+              Param("ex", "exposure", unit="3 EV per unit"),
+              Param("vb", "vibrance", unit="darktable vibrance"))
+    rendering = "lut"
+    default_weights = None  # learned per user: retouch-batch train --pairs ...
 
     def __init__(self, look_size: int = DEFAULT_LOOK_SIZE):
         super().__init__()
