@@ -314,6 +314,8 @@ def train(pairs, out, recipe, seed, cv, cv_repeats, device, **finetune):
         if cv:
             raise click.UsageError("--model aesthetic always reports its guide's leave-one-out accuracy: no --cv")
         return _train_aesthetic(pairs, out, seed, finetune)
+    if finetune.get("model") == "coarse-to-fine":
+        return _train_coarse_to_fine(pairs, out, seed, cv, finetune)
     given = sorted(k for k in FINETUNE_ONLY if finetune[k] not in (None, ()))
     if recipe == "style" and given:
         options = ", ".join("--" + k.replace("_", "-") for k in given)
@@ -334,6 +336,20 @@ def _train_aesthetic(pairs, out, seed, options):
                         log=click.echo)
     click.echo(f"done in {r['seconds']:.0f} s: {out}/best.pt; leave-one-out ranking accuracy {r['ranking_accuracy']:.1%} "
                f"({out}/guide.json). Use it: retouch-batch run MANIFEST --weights {out}/best.pt")
+
+
+def _train_coarse_to_fine(pairs, out, seed, cv, options):
+    from pipeline.models.coarse_to_fine import train_coarse_to_fine
+    extra = sorted(k for k in FINETUNE_ONLY if options[k] not in (None, ()) and k not in ("model", "photos", "iters"))
+    if extra or cv:
+        raise click.UsageError("--model coarse-to-fine takes --photos and --iters only (it learns from random colour "
+                               "casts of the photos, holds out every 5th, and scores the pairs)")
+    if not options["photos"]:
+        raise click.UsageError("--model coarse-to-fine learns from --photos (good photos, cast at random)")
+    r = train_coarse_to_fine(list(options["photos"]), list(pairs), out, options["iters"] or 300, seed,
+                             log=click.echo)
+    click.echo(f"done in {r['seconds']:.0f} s: {out}/best.pt ({out}/casts.json). "
+               f"Use it: retouch-batch run MANIFEST --weights {out}/best.pt")
 
 
 def _learn_style(pairs, out, seed, cv, cv_repeats):
