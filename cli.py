@@ -87,18 +87,11 @@ def search_options(fn):
     return fn
 
 
-def _model_options(guide, search_steps, search_lr) -> str:
-    """The run's model options as RenderSettings carries them (JSON; '' when none): a guide file is checked now
-    and pinned by its hash."""
-    options = {}
-    if guide:
-        from pipeline.guide import load_guide
-        options.update(guide=os.path.abspath(guide), guide_sha256=load_guide(guide).sha256)
-    if search_steps is not None:
-        options["search_steps"] = search_steps
-    if search_lr is not None:
-        options["search_lr"] = search_lr
-    return json.dumps(options, sort_keys=True) if options else ""
+def _model_options(guide, search_steps, search_lr) -> dict:
+    """The model options given on the command line (the model checks and pins them when it is configured)."""
+    options = {"guide": os.path.abspath(guide) if guide else None, "search_steps": search_steps,
+               "search_lr": search_lr}
+    return {k: v for k, v in options.items() if v is not None}
 
 
 def _job_options(out, workers, cpus_per_worker, images_per_worker, address, ledger_dir, weights, max_pixels, retries,
@@ -154,7 +147,7 @@ def run(manifest, out, workers, cpus_per_worker, images_per_worker, address, led
     from jobs.worker import DEFAULT_TIFF_COMPRESSION, RenderSettings
     settings = RenderSettings(output_format, quality, strip_metadata, lut_size,
                               tiff_compression or DEFAULT_TIFF_COMPRESSION, half_size,
-                              _model_options(guide, search_steps, search_lr))
+                              json.dumps(_model_options(guide, search_steps, search_lr)))
     opts = _job_options(out, workers, cpus_per_worker, images_per_worker, address, ledger_dir, weights, max_pixels,
                         retries, device, no_progress, settings)
     opts.overwrite = overwrite
@@ -236,7 +229,7 @@ def eval_(pairs, weights, models, as_json, guide, search_steps, search_lr):
     intersections of luminance, contrast and saturation with the targets (the aesthetic-guided seed's metric)."""
     from pipeline.evaluate import evaluate, find_pairs
     found = find_pairs(pairs)
-    options = json.loads(_model_options(guide, search_steps, search_lr) or "{}")
+    options = _model_options(guide, search_steps, search_lr)
     results = ([evaluate(found, w, options=options) for w in weights]
                + [evaluate(found, retoucher=m, options=options) for m in models])
     results = results or [evaluate(found, options=options)]
@@ -311,11 +304,12 @@ def train(pairs, out, recipe, seed, cv, cv_repeats, device, **finetune):
     `--model aesthetic` trains its aesthetic guide on the pairs (and --photos, if given), reporting its
     leave-one-out ranking accuracy."""
     if finetune.get("model") == "aesthetic":
-        if cv:
-            raise click.UsageError("--model aesthetic always reports its guide's leave-one-out accuracy: no --cv")
+        _photos_and_iters_only("aesthetic", "its guide's leave-one-out accuracy is always reported", cv, finetune)
         return _train_aesthetic(pairs, out, seed, finetune)
     if finetune.get("model") == "coarse-to-fine":
-        return _train_coarse_to_fine(pairs, out, seed, cv, finetune)
+        _photos_and_iters_only("coarse-to-fine", "it learns from random colour casts of the photos, holds out "
+                               "every 5th, and scores the pairs", cv, finetune)
+        return _train_coarse_to_fine(pairs, out, seed, finetune)
     given = sorted(k for k in FINETUNE_ONLY if finetune[k] not in (None, ()))
     if recipe == "style" and given:
         options = ", ".join("--" + k.replace("_", "-") for k in given)
@@ -326,24 +320,24 @@ def train(pairs, out, recipe, seed, cv, cv_repeats, device, **finetune):
         _learn_style(pairs, out, seed, cv, cv_repeats)
 
 
+def _photos_and_iters_only(model: str, why: str, cv, options) -> None:
+    """Models with their own training recipe take --photos and --iters (and --pairs, --out, --seed) only."""
+    extra = ["--" + k.replace("_", "-") for k in FINETUNE_ONLY
+             if options[k] not in (None, ()) and k not in ("model", "photos", "iters")] + (["--cv"] if cv else [])
+    if extra:
+        raise click.UsageError(f"--model {model} takes --photos and --iters only ({why}); not {', '.join(extra)}")
+
+
 def _train_aesthetic(pairs, out, seed, options):
     from pipeline.guide import GuideTrainConfig, train_aesthetic
-    extra = sorted(k for k in FINETUNE_ONLY if options[k] not in (None, ()) and k not in ("model", "photos", "iters"))
-    if extra:
-        raise click.UsageError("--model aesthetic takes --photos and --iters (guide training steps) only; not "
-                               + ", ".join("--" + k.replace("_", "-") for k in extra))
     r = train_aesthetic(list(options["photos"]), list(pairs), out, options["iters"] or GuideTrainConfig.steps, seed,
                         log=click.echo)
     click.echo(f"done in {r['seconds']:.0f} s: {out}/best.pt; leave-one-out ranking accuracy {r['ranking_accuracy']:.1%} "
                f"({out}/guide.json). Use it: retouch-batch run MANIFEST --weights {out}/best.pt")
 
 
-def _train_coarse_to_fine(pairs, out, seed, cv, options):
+def _train_coarse_to_fine(pairs, out, seed, options):
     from pipeline.models.coarse_to_fine import train_coarse_to_fine
-    extra = sorted(k for k in FINETUNE_ONLY if options[k] not in (None, ()) and k not in ("model", "photos", "iters"))
-    if extra or cv:
-        raise click.UsageError("--model coarse-to-fine takes --photos and --iters only (it learns from random colour "
-                               "casts of the photos, holds out every 5th, and scores the pairs)")
     if not options["photos"]:
         raise click.UsageError("--model coarse-to-fine learns from --photos (good photos, cast at random)")
     r = train_coarse_to_fine(list(options["photos"]), list(pairs), out, options["iters"] or 300, seed,

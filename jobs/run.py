@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from manifests.manifest import load_manifest
 from pipeline.checkpoint import load_checkpoint
@@ -79,7 +79,10 @@ def run_job(manifest_path: str, opts: JobOptions, log=print) -> JobResult:
     for w in manifest.warnings:
         log(f"warning: {w}")
     loaded = load_checkpoint(opts.weights, model=opts.model)  # fail early, before Ray starts, on a bad checkpoint
-    configure_model(loaded.model, opts.settings.model_options_dict)  # and on options the model does not take
+    # and on options the model does not take; a guide file is pinned by its hash for the workers and the resume key
+    pinned = configure_model(loaded.model, opts.settings.model_options_dict)
+    opts = replace(opts, settings=replace(opts.settings, model_options=json.dumps(pinned, sort_keys=True)
+                                          if pinned else ""))
     os.makedirs(out, exist_ok=True)
     with OutputLock(out):
         remove_stale_temporaries(out)

@@ -17,7 +17,7 @@ from numba import njit, prange
 
 from .lut import _KERNEL_LOCK
 from .models.bilateral import GUIDE_POINTS, OPERATORS, low_resolution, slice_grid
-from .render import Retoucher, thumbnail_tensor
+from .render import Retoucher, render_strips_torch, thumbnail_tensor
 
 GPU_STRIP_PIXELS = 1 << 22
 EXACT_STRIP_PIXELS = 1 << 20
@@ -201,17 +201,11 @@ class BilateralRetoucher(Retoucher):
     @torch.inference_mode()
     def _apply_torch(self, pixels: np.ndarray, plan: BilateralPlan, out: np.ndarray | None = None) -> np.ndarray:
         """The GPU path: strips of rows go up as uint16, are sliced in float by torch, come back as uint16."""
-        out = np.empty_like(pixels) if out is None else out
         grids = [g.to(self.device) for g in plan.torch_grids]
-        rows = max(1, GPU_STRIP_PIXELS // max(1, pixels.shape[1]))
-        pin = self.device.startswith("cuda")
-        for y in range(0, pixels.shape[0], rows):
-            strip = torch.from_numpy(pixels[y:y + rows].astype(np.int32))
-            strip = (strip.pin_memory() if pin else strip).to(self.device, non_blocking=pin)
-            img = (strip.float() / 65535.0).permute(2, 0, 1)[None]
-            res = self._render_rows(img, grids, y, pixels.shape[0])[0].permute(1, 2, 0)
-            out[y:y + rows] = (res * 65535.0 + 0.5).to(torch.int32).cpu().numpy().astype(np.uint16)
-        return out
+
+        def strip(image: torch.Tensor, top: int) -> torch.Tensor:
+            return self._render_rows(image, grids, top, pixels.shape[0])
+        return render_strips_torch(pixels, self.device, strip, GPU_STRIP_PIXELS, out)
 
     def _render_rows(self, image: torch.Tensor, grids, top: int, height: int) -> torch.Tensor:
         """Rows ``top`` .. of an image ``height`` rows high, through every operator (coordinates of the whole)."""

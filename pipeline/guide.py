@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import filters
+from .render import resize_long_side, shrink_long_side
 
 GUIDE_FORMAT = "retouch-batch-guide"
 MAX_SCORE = 10.0
@@ -30,15 +31,6 @@ MAX_SCORE = 10.0
 
 class GuideError(ValueError):
     pass
-
-
-def resize_for_guide(image: torch.Tensor, long_side: int) -> torch.Tensor:
-    """Antialiased, differentiable resize to the guide's input size (never enlarges)."""
-    scale = long_side / max(image.shape[-2:])
-    if scale >= 1:
-        return image
-    size = (max(1, round(image.shape[-2] * scale)), max(1, round(image.shape[-1] * scale)))
-    return F.interpolate(image, size=size, mode="bilinear", antialias=True, align_corners=False)
 
 
 LUMINANCE_QUANTILES = (0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99)
@@ -97,7 +89,7 @@ class RankingGuide(nn.Module):
         self.head = nn.Sequential(nn.Linear(n, hidden), nn.Tanh(), nn.Linear(hidden, 1))
 
     def logit(self, image: torch.Tensor) -> torch.Tensor:
-        f = (guide_features(resize_for_guide(image, self.input_size)) - self.feature_mean) / self.feature_scale
+        f = (guide_features(shrink_long_side(image, self.input_size)) - self.feature_mean) / self.feature_scale
         return self.head(f)[:, 0]
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
@@ -319,8 +311,8 @@ def guide_data(good_images: list[torch.Tensor], pairs: list[tuple[torch.Tensor, 
             spoil_good.append(guide_features(good))
             spoil_bad.append(guide_features(bad))
         if pairs:
-            better = torch.cat([guide_features(resize_for_guide(t, cfg.size)) for _, t in pairs])
-            worse = torch.cat([guide_features(resize_for_guide(i, cfg.size)) for i, _ in pairs])
+            better = torch.cat([guide_features(shrink_long_side(t, cfg.size)) for _, t in pairs])
+            worse = torch.cat([guide_features(shrink_long_side(i, cfg.size)) for i, _ in pairs])
         else:
             better = worse = torch.zeros(0, len(GUIDE_FEATURES))
     return GuideData(spoil_good, spoil_bad, better, worse)
@@ -363,8 +355,6 @@ def fit_guide(data: GuideData, cfg: GuideTrainConfig, images: list[int] | None =
 
 def pair_tensors(pairs: list, size: int) -> tuple[list, list]:
     """(inputs, targets) of float (H, W, 3) pairs as (1, 3, h, w) tensors with long side ``size``."""
-    from .render import resize_long_side
-
     def small(a):
         return resize_long_side(torch.from_numpy(a).permute(2, 0, 1)[None], size)
     return [small(a) for _, a, _ in pairs], [small(b) for _, _, b in pairs]

@@ -47,6 +47,11 @@ def resize_long_side(image: torch.Tensor, long_side: int) -> torch.Tensor:
     return F.interpolate(image, size=size, mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
 
 
+def shrink_long_side(image: torch.Tensor, long_side: int) -> torch.Tensor:
+    """``resize_long_side`` for images larger than ``long_side``; smaller ones as they are (differentiable)."""
+    return image if max(image.shape[-2:]) <= long_side else resize_long_side(image, long_side)
+
+
 def thumbnail_tensor(image: torch.Tensor, long_side: int) -> torch.Tensor:
     """``thumbnail`` for an image already on a device: (1, 3, H, W) float in [0, 1] -> (1, 3, h, w).
 
@@ -170,14 +175,15 @@ class LutRetoucher(Retoucher):
         return out.reshape(pixels.shape)
 
 
-def configure_model(model: torch.nn.Module, options: dict | None) -> None:
-    """Apply a run's model options (``--guide``, ``--search-steps`` ...) to a model that takes them."""
+def configure_model(model: torch.nn.Module, options: dict | None) -> dict:
+    """Apply a run's model options (``--guide``, ``--search-steps`` ...) to a model that takes them; returns the
+    options as a run records them (a guide file pinned by its hash), {} when none."""
     if not options:
-        return
+        return {}
     if not hasattr(model, "configure"):
         given = ", ".join("--" + k.replace("_", "-") for k in sorted(options))
         raise ValueError(f"{given}: model {model.name!r} takes no such option")
-    model.configure(**options)
+    return model.configure(**options)
 
 
 def open_retoucher(loaded: LoadedModel, lut_size: int = DEFAULT_LUT_SIZE, device: str = "cpu",
@@ -194,16 +200,23 @@ GPU_STRIP_PIXELS = 1 << 23
 
 
 @torch.inference_mode()
-def render_lut_torch(pixels: np.ndarray, lut: np.ndarray, device: str, out: np.ndarray | None = None) -> np.ndarray:
-    """The LUT applied with torch on ``device`` (the GPU path), strip by strip, uint16 in and out."""
+def render_strips_torch(pixels: np.ndarray, device: str, render, strip_pixels: int = GPU_STRIP_PIXELS,
+                        out: np.ndarray | None = None) -> np.ndarray:
+    """uint16 (H, W, 3) through ``render(strip (1, 3, h, W) float in [0, 1] on ``device``, its first row)`` a strip
+    of rows at a time (up through pinned memory on CUDA), back to uint16: device memory holds a strip, not the
+    image. May write in place (``out=pixels``)."""
     out = np.empty_like(pixels) if out is None else out
-    table = torch.from_numpy(lut).to(device)
-    rows = max(1, GPU_STRIP_PIXELS // max(1, pixels.shape[1]))
+    rows = max(1, strip_pixels // max(1, pixels.shape[1]))
     pin = device.startswith("cuda")
     for y in range(0, pixels.shape[0], rows):
         strip = torch.from_numpy(pixels[y:y + rows].astype(np.int32))
         strip = (strip.pin_memory() if pin else strip).to(device, non_blocking=pin)
-        img = (strip.float() / 65535.0).permute(2, 0, 1).unsqueeze(0)
-        res = apply_lut_torch(img, table)[0].permute(1, 2, 0)
+        res = render((strip.float() / 65535.0).permute(2, 0, 1).unsqueeze(0), y)[0].permute(1, 2, 0)
         out[y:y + rows] = (res * 65535.0 + 0.5).to(torch.int32).cpu().numpy().astype(np.uint16)
     return out
+
+
+def render_lut_torch(pixels: np.ndarray, lut: np.ndarray, device: str, out: np.ndarray | None = None) -> np.ndarray:
+    """The LUT applied with torch on ``device`` (the GPU path), strip by strip, uint16 in and out."""
+    table = torch.from_numpy(lut).to(device)
+    return render_strips_torch(pixels, device, lambda img, _: apply_lut_torch(img, table), out=out)

@@ -107,3 +107,14 @@ def run_three_formats(folder: Path, model: str) -> Path:
 def ledger_rows(ledger) -> dict:
     from jobs.ledger import read_ledger
     return {x.image_id: x for x in read_ledger(ledger)}
+
+
+def rerender_ledger(out: Path, dest: Path, *edits: str) -> tuple[dict, dict]:
+    """`rerender` of the run in ``out`` into ``dest`` with ``edits`` (--set/--shift ...); (before, after) rows."""
+    from click.testing import CliRunner
+
+    from cli import main
+    r = CliRunner().invoke(main, ["rerender", str(out / "ledger"), "--out", str(dest), *edits, "--workers", "2",
+                                  "--no-progress"])
+    assert r.exit_code == 0, r.output
+    return ledger_rows(out / "ledger"), ledger_rows(dest / "ledger")

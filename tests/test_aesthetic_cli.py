@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from cli import main
 from pipeline import filters
 
-from conftest import ledger_rows, need_shared, run_three_formats
+from conftest import ledger_rows, rerender_ledger, need_shared, run_three_formats
 
 
 @pytest.fixture(scope="module")
@@ -17,12 +17,9 @@ def aesthetic_run(tmp_path_factory, ray_cluster):
     return d, run_three_formats(d, "aesthetic")
 
 
-_rows = ledger_rows
-
-
 def test_the_ledger_names_every_filter_parameter_and_the_guide(aesthetic_run):
     _, out = aesthetic_run
-    rows = _rows(out / "ledger")
+    rows = ledger_rows(out / "ledger")
     assert len(rows) == 3 and {x.status for x in rows.values()} == {"ok"}
     for x in rows.values():
         assert x.model == "aesthetic" and x.operators == list(filters.FILTER_NAMES)
@@ -36,11 +33,7 @@ def test_the_ledger_names_every_filter_parameter_and_the_guide(aesthetic_run):
 
 def test_rerender_set_contrast_zero_removes_only_the_contrast(aesthetic_run):
     d, out = aesthetic_run
-    flat = d / "flat"
-    r = CliRunner().invoke(main, ["rerender", str(out / "ledger"), "--out", str(flat), "--set", "contrast=0",
-                                  "--workers", "2", "--no-progress"])
-    assert r.exit_code == 0, r.output
-    before, after = _rows(out / "ledger"), _rows(flat / "ledger")
+    before, after = rerender_ledger(out, d / "flat", "--set", "contrast=0")
     for image_id, a in after.items():
         b = before[image_id]
         for op, sb, sa in zip(b.operators, b.strengths, a.strengths):
@@ -49,11 +42,7 @@ def test_rerender_set_contrast_zero_removes_only_the_contrast(aesthetic_run):
 
 def test_unchanged_rerender_is_byte_identical(aesthetic_run):
     d, out = aesthetic_run
-    same = d / "same"
-    r = CliRunner().invoke(main, ["rerender", str(out / "ledger"), "--out", str(same), "--workers", "2",
-                                  "--no-progress"])
-    assert r.exit_code == 0, r.output
-    before, after = _rows(out / "ledger"), _rows(same / "ledger")
+    before, after = rerender_ledger(out, d / "same")
     assert after and all(after[k].output_sha256 == before[k].output_sha256 for k in after)
 
 
@@ -63,7 +52,7 @@ def test_search_settings_are_run_options_and_recorded(aesthetic_run, tmp_path):
     r = CliRunner().invoke(main, ["run", str(d / "manifest.csv"), "--out", str(out), "--model", "aesthetic",
                                   "--search-steps", "0", "--workers", "1", "--no-progress"])
     assert r.exit_code == 0, r.output
-    for x in _rows(out / "ledger").values():
+    for x in ledger_rows(out / "ledger").values():
         details = json.loads(x.prediction)
         assert details["search_steps"] == 0 and details["score_after"] == details["score_before"]
         expected = [p.default for p in filters.FILTER_PARAMS]

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from cli import main
 
-from conftest import ledger_rows, run_three_formats
+from conftest import ledger_rows, rerender_ledger, run_three_formats
 
 
 @pytest.fixture(scope="module")
@@ -17,12 +17,9 @@ def bilateral_run(tmp_path_factory, ray_cluster):
     return d, run_three_formats(d, "bilateral")
 
 
-_rows = ledger_rows
-
-
 def test_run_with_the_bilateral_model(bilateral_run):
     _, out = bilateral_run
-    rows = _rows(out / "ledger")
+    rows = ledger_rows(out / "ledger")
     assert len(rows) == 3 and {x.status for x in rows.values()} == {"ok"}
     for x in rows.values():
         assert x.model == "bilateral" and x.operators == ["bc", "ex", "wb", "vb"] and len(x.strengths) == 4
@@ -37,11 +34,7 @@ def _red_over_blue(path) -> float:
 
 def test_rerender_shift_wb_warms_and_leaves_the_other_strengths(bilateral_run):
     d, out = bilateral_run
-    warm = d / "warm"
-    r = CliRunner().invoke(main, ["rerender", str(out / "ledger"), "--out", str(warm), "--shift", "wb=+0.2",
-                                  "--workers", "2", "--no-progress"])
-    assert r.exit_code == 0, r.output
-    before, after = _rows(out / "ledger"), {k: v for k, v in _rows(warm / "ledger").items()}
+    before, after = rerender_ledger(out, d / "warm", "--shift", "wb=+0.2")
     for image_id, a in after.items():
         b = before[image_id]
         assert a.command == "rerender" and a.model == "bilateral"
@@ -52,11 +45,7 @@ def test_rerender_shift_wb_warms_and_leaves_the_other_strengths(bilateral_run):
 
 def test_unchanged_rerender_is_byte_identical(bilateral_run):
     d, out = bilateral_run
-    same = d / "same"
-    r = CliRunner().invoke(main, ["rerender", str(out / "ledger"), "--out", str(same), "--workers", "2",
-                                  "--no-progress"])
-    assert r.exit_code == 0, r.output
-    before, after = _rows(out / "ledger"), _rows(same / "ledger")
+    before, after = rerender_ledger(out, d / "same")
     assert after and all(after[k].output_sha256 == before[k].output_sha256 for k in after)
 
 

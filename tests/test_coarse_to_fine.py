@@ -15,7 +15,7 @@ from pipeline.models.coarse_to_fine import (CoarseToFine, apply_cast, cast_score
                                             train_on_casts)
 from pipeline.render import open_retoucher
 
-from conftest import ledger_rows, need_shared, run_three_formats
+from conftest import ledger_rows, need_shared, rerender_ledger, run_three_formats
 
 
 def _photo(name="Storm.jpg", size=(192, 128)) -> torch.Tensor:
@@ -82,11 +82,7 @@ def test_run_rerender_and_audit_by_name(coarse_run):
     rows = ledger_rows(out / "ledger")
     assert len(rows) == 3 and {x.status for x in rows.values()} == {"ok"}
     assert all(x.model == "coarse-to-fine" and len(x.strengths) == 12 for x in rows.values())
-    same = d / "same"
-    r = CliRunner().invoke(main, ["rerender", str(out / "ledger"), "--out", str(same), "--workers", "2",
-                                  "--no-progress"])
-    assert r.exit_code == 0, r.output
-    after = ledger_rows(same / "ledger")
+    _, after = rerender_ledger(out, d / "same")
     assert all(after[k].output_sha256 == rows[k].output_sha256 for k in after)
     r = CliRunner().invoke(main, ["audit", str(out / "ledger"), "--json"])
     assert r.exit_code == 0 and set(json.loads(r.output)["runs"][0]["strengths"]) == set(model_class("coarse-to-fine").operators)

@@ -138,11 +138,11 @@ def test_bilateral_trains_in_two_stages_and_cross_validates_against_a_baseline(t
         warm = m.operator("wb")(x, torch.tensor([0.8]))
     assert up > down  # exposure learned its direction
     assert warm[:, 0].mean() - warm[:, 2].mean() > x[:, 0].mean() - x[:, 2].mean()  # white balance warms
-    r = _train(["--pairs", str(two_pairs), "--init", str(tmp_path / "s1" / "best.pt"), "--iters", "2",
-                "--train-size", "64", "--cv", "3", "--baseline", str(lite_weights)], tmp_path / "cv")
+    _train(["--pairs", str(two_pairs), "--init", str(tmp_path / "s1" / "best.pt"), "--iters", "2",
+            "--train-size", "64", "--cv", "3", "--baseline", str(lite_weights)], tmp_path / "cv")
     cv = json.loads((tmp_path / "cv" / "cv.json").read_text())
     assert len(cv["per_pair"]) == 3  # every pair held out once, scored beside the NeurOp baseline
-    with pytest.raises(Exception):  # --init-operators is NeurOp's file only
+    with pytest.raises(ValueError, match="does not start from other operators"):  # NeurOp's file only
         from pipeline.train import TrainConfig, train
         train(TrainConfig(pairs=[str(two_pairs)], out=str(tmp_path / "x"), model="bilateral",
                           init_operators=str(lite_weights)), log=lambda *_: None)

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from .. import filters
-from ..guide import MAX_SCORE, RankingGuide, load_guide, resize_for_guide, state_sha256
+from ..guide import MAX_SCORE, RankingGuide, load_guide, state_sha256
+from ..render import shrink_long_side
 from ..operators import srgb_to_linear
 from . import register
 
@@ -70,7 +71,7 @@ def search_filters(guide: nn.Module, image: torch.Tensor, steps: int = SEARCH_ST
 
 
 def filters_input(image: torch.Tensor, size: int) -> torch.Tensor:
-    return resize_for_guide(image.float(), size).clamp(0, 1)
+    return shrink_long_side(image.float(), size).clamp(0, 1)
 
 
 @register
@@ -98,9 +99,10 @@ class AestheticFilters(nn.Module):
         self.guide_name, self.guide_sha256 = name, sha256
 
     def configure(self, search_steps: int | None = None, search_lr: float | None = None,
-                  guide: str | None = None, guide_sha256: str | None = None, **unknown) -> None:
+                  guide: str | None = None, guide_sha256: str | None = None, **unknown) -> dict:
         """Per-run settings (``run``/``eval`` options): the search's steps and learning rate, a user's guide file
-        (``guide_sha256``, when given, pins its contents)."""
+        (``guide_sha256``, when given, pins its contents). Returns them as a run records them, the guide's hash
+        included."""
         if unknown:
             raise ValueError(f"the aesthetic model has no option {', '.join(sorted(unknown))}")
         if search_steps is not None:
@@ -116,6 +118,9 @@ class AestheticFilters(nn.Module):
             if guide_sha256 and loaded.sha256 != guide_sha256:
                 raise ValueError(f"{guide}: the guide changed since the run started (its hash differs)")
             self.set_guide(loaded.guide, loaded.name, loaded.sha256)
+        pinned = {"guide": guide, "guide_sha256": self.guide_sha256 if guide else None,
+                  "search_steps": search_steps, "search_lr": search_lr}
+        return {k: v for k, v in pinned.items() if v is not None}
 
     def search(self, thumbnail: torch.Tensor) -> SearchResult:
         self.guide.eval()

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..operators import linear_to_srgb, srgb_to_linear
-from ..render import resize_long_side
+from ..render import resize_long_side, shrink_long_side
 from . import Param, register
 
 CHANNELS = "rgb"
@@ -73,7 +73,7 @@ class CoarseToFine(nn.Module):
 
     def predict_strengths(self, thumbnail: torch.Tensor, lut_size: int | None = None) -> torch.Tensor:
         """thumbnail (B, 3, H, W) -> (B, 12): the matrix row by row, then the bias, within the declared ranges."""
-        x = resize_long_side(thumbnail.float(), THUMBNAIL) if max(thumbnail.shape[-2:]) > THUMBNAIL else thumbnail
+        x = shrink_long_side(thumbnail.float(), THUMBNAIL)
         f = self.backbone(x * 2 - 1)
         features = torch.cat([f.mean((2, 3)), f.amax((2, 3)), cast_statistics(x)], dim=1)
         return torch.minimum(torch.maximum(self.identity + self.head(features), self.low), self.high)
