@@ -72,8 +72,13 @@ def job_options(fn):
 
 
 def search_options(fn):
-    """The aesthetic model's per-run settings (run, eval)."""
+    """The models' per-run settings (run, eval): the aesthetic model's search, the network retouchers' way to
+    full resolution."""
     decorators = [
+        click.option("--full-res", type=click.Choice(["guided", "tiles"]), default=None,
+                     help="coarse-to-fine, deep-symmetric: guided = the network on a working copy, its change carried "
+                          "to full resolution by a fitted bilateral grid (fast); tiles = the network on every pixel, in "
+                          "overlapping tiles (exact, slow) [guided; BENCHMARKS.md compares them]."),
         click.option("--guide", default=None, type=click.Path(dir_okay=False, exists=True),
                      help="aesthetic: score with this guide file instead of the checkpoint's own (a NIMA VGG16 or "
                           "ranking-cnn state dict; README, 'Aesthetic-guided filters')."),
@@ -87,10 +92,10 @@ def search_options(fn):
     return fn
 
 
-def _model_options(guide, search_steps, search_lr) -> dict:
+def _model_options(guide, search_steps, search_lr, full_res=None) -> dict:
     """The model options given on the command line (the model checks and pins them when it is configured)."""
     options = {"guide": os.path.abspath(guide) if guide else None, "search_steps": search_steps,
-               "search_lr": search_lr}
+               "search_lr": search_lr, "full_res": full_res}
     return {k: v for k, v in options.items() if v is not None}
 
 
@@ -141,13 +146,13 @@ def main():
 @user_errors
 def run(manifest, out, workers, cpus_per_worker, images_per_worker, address, ledger_dir, weights, max_pixels, retries,
         device, no_progress, output_format, quality, strip_metadata, tiff_compression, lut_size, half_size, overwrite,
-        model, guide, search_steps, search_lr):
+        model, full_res, guide, search_steps, search_lr):
     """Retouch every image of MANIFEST (CSV or Parquet with a `path` column) into --out, with a ledger."""
     from jobs.run import run_job
     from jobs.worker import DEFAULT_TIFF_COMPRESSION, RenderSettings
     settings = RenderSettings(output_format, quality, strip_metadata, lut_size,
                               tiff_compression or DEFAULT_TIFF_COMPRESSION, half_size,
-                              json.dumps(_model_options(guide, search_steps, search_lr)))
+                              json.dumps(_model_options(guide, search_steps, search_lr, full_res)))
     opts = _job_options(out, workers, cpus_per_worker, images_per_worker, address, ledger_dir, weights, max_pixels,
                         retries, device, no_progress, settings)
     opts.overwrite = overwrite
@@ -224,11 +229,14 @@ def manifest(folder, dest, no_recursive, examples):
 @click.option("--json", "as_json", is_flag=True)
 @search_options
 @user_errors
-def eval_(pairs, weights, models, as_json, guide, search_steps, search_lr):
+def eval_(pairs, weights, models, as_json, full_res, guide, search_steps, search_lr):
     """PSNR, SSIM and dE76 on PAIRS (input/ + target/ folders, or a CSV with input,target), and the patch histogram
     intersections of luminance, contrast and saturation with the targets (the aesthetic-guided seed's metric)."""
     from pipeline.evaluate import evaluate, find_pairs
     found = find_pairs(pairs)
+    if full_res:
+        raise click.UsageError("--full-res is a run option: eval scores the network on each whole pair image "
+                               "(BENCHMARKS.md compares the two ways at full resolution)")
     options = _model_options(guide, search_steps, search_lr)
     results = ([evaluate(found, w, options=options) for w in weights]
                + [evaluate(found, retoucher=m, options=options) for m in models])
@@ -287,6 +295,9 @@ FINETUNE_ONLY = ("model", "baseline", "train_size", "init", "init_operators", "i
               help="finetune, with --photos: distil this model's retouches of the photos.")
 @click.option("--real-fraction", type=click.FloatRange(0, 1), default=None,
               help="finetune, with --photos: share of iterations on the real pairs [0.5].")
+@click.option("--coder", type=click.Choice(["learned", "haar"]), default=None,
+              help="deep-symmetric: the shared encoder/decoder, a pretrained autoencoder or the Haar wavelet "
+                   "[learned].")
 @click.option("--cv", default=None, metavar="loo|K",
               help="Cross-validate the recipe instead of training once: leave-one-out over every pair ('loo') or "
                    "K folds; prints and writes (cv.json) bootstrap intervals of the per-pair gains.")
@@ -306,6 +317,12 @@ def train(pairs, out, recipe, seed, cv, cv_repeats, device, **finetune):
     if finetune.get("model") == "aesthetic":
         _photos_and_iters_only("aesthetic", "its guide's leave-one-out accuracy is always reported", cv, finetune)
         return _train_aesthetic(pairs, out, seed, finetune)
+    if finetune.get("model") == "deep-symmetric":
+        _photos_and_iters_only("deep-symmetric", "it learns from synthetic underexposure of the photos, holds out "
+                               "every 5th, and scores the pairs", cv, finetune)
+        return _train_deep_symmetric(pairs, out, seed, finetune)
+    if finetune.get("coder"):
+        raise click.UsageError("--coder belongs to --model deep-symmetric")
     if finetune.get("model") == "coarse-to-fine":
         _photos_and_iters_only("coarse-to-fine", "it learns from random colour casts of the photos, holds out "
                                "every 5th, and scores the pairs", cv, finetune)
@@ -324,6 +341,8 @@ def _photos_and_iters_only(model: str, why: str, cv, options) -> None:
     """Models with their own training recipe take --photos and --iters (and --pairs, --out, --seed) only."""
     extra = ["--" + k.replace("_", "-") for k in FINETUNE_ONLY
              if options[k] not in (None, ()) and k not in ("model", "photos", "iters")] + (["--cv"] if cv else [])
+    if options.get("coder") and model != "deep-symmetric":
+        extra.append("--coder")
     if extra:
         raise click.UsageError(f"--model {model} takes --photos and --iters only ({why}); not {', '.join(extra)}")
 
@@ -341,8 +360,18 @@ def _train_coarse_to_fine(pairs, out, seed, options):
     if not options["photos"]:
         raise click.UsageError("--model coarse-to-fine learns from --photos (good photos, cast at random)")
     r = train_coarse_to_fine(list(options["photos"]), list(pairs), out, options["iters"] or 300, seed,
-                             log=click.echo)
+                             log=click.echo)  # the refinement trains for twice --iters
     click.echo(f"done in {r['seconds']:.0f} s: {out}/best.pt ({out}/casts.json). "
+               f"Use it: retouch-batch run MANIFEST --weights {out}/best.pt")
+
+
+def _train_deep_symmetric(pairs, out, seed, options):
+    from pipeline.models.deep_symmetric import train_deep_symmetric
+    if not options["photos"]:
+        raise click.UsageError("--model deep-symmetric learns from --photos (good photos, underexposed at random)")
+    r = train_deep_symmetric(list(options["photos"]), list(pairs), out, options["iters"] or 1200, seed,
+                             coder=options["coder"] or "learned", log=click.echo)
+    click.echo(f"done in {r['seconds']:.0f} s: {out}/best.pt ({out}/dark.json). "
                f"Use it: retouch-batch run MANIFEST --weights {out}/best.pt")
 
 

@@ -122,7 +122,8 @@ def load_checkpoint(path: str | os.PathLike | None = None, device: str = "cpu", 
     else:
         raise CheckpointError(f"{path}: not a retouch-batch or NeurOp checkpoint")
     try:
-        net = model_class(info.model)()
+        cls = model_class(info.model)
+        net = cls.from_info(info) if hasattr(cls, "from_info") else cls()  # a variant recorded in the checkpoint
     except KeyError as e:
         raise CheckpointError(f"{path}: {e.args[0]}") from None
     try:
@@ -163,3 +164,16 @@ def load_operator_init(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             raise CheckpointError(f"{path}: unexpected key {k} in an operator-initialization checkpoint")
         out[f"{names[block]}.{rest}"] = v
     return out
+
+
+def save_training(out: str | os.PathLike, model: torch.nn.Module, info: ModelInfo, report: dict, report_name: str,
+                  started: float) -> dict:
+    """A training run's results: ``out``/best.pt and the report (with the weights' hash and the run's seconds) as
+    ``out``/``report_name``."""
+    import time
+    os.makedirs(out, exist_ok=True)
+    report["weights_sha256"] = save_checkpoint(os.path.join(out, "best.pt"), model, info)
+    report["seconds"] = round(time.time() - started, 1)
+    with open(os.path.join(out, report_name), "w") as f:
+        json.dump(report, f, indent=2)
+    return report

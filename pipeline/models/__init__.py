@@ -99,4 +99,4 @@ def parameter_ranges(model: str | None, operators: list[str]) -> dict[str, tuple
 
 
 def _load_builtin() -> None:
-    from . import aesthetic, bilateral, coarse_to_fine, neurop, style_look  # noqa: F401  (register themselves)
+    from . import aesthetic, bilateral, coarse_to_fine, deep_symmetric, neurop, style_look  # noqa: F401  (register themselves)
