@@ -110,6 +110,9 @@ def load_manifest(path: str, out_dir: str, output_format: str = "tiff16") -> Man
             raise ManifestError(f"{path}: line {i}: empty path")
         p = Path(os.path.expanduser(raw))
         src = Path(os.path.normpath(p if p.is_absolute() else base / p))
+        if src.is_dir():
+            raise ManifestError(f"{path}: line {i}: {raw!r} is a folder, not an image (make a manifest of a folder "
+                                "with `retouch-batch manifest FOLDER`)")
         sources.append(src)
         rels.append(_relative_to(src, base) or PurePosixPath(src.name))
     ids = [r.get("id") or rel.as_posix() for r, rel in zip(rows, rels)]

@@ -5,9 +5,11 @@ Errors are ``DecodeError`` with a one-line cause; callers add the file name.
 """
 from __future__ import annotations
 
+import errno
 import functools
 import io
 import os
+import shutil
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -386,9 +388,32 @@ def write_atomic(path: str, data: bytes | Callable[[BinaryIO], None], mode: int 
         result = sha.result() if sha is not None else None
         os.replace(tmp, path)
         return result
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+    except OSError as e:
+        full = _out_of_space(e, d)  # before the partial file is removed and frees its blocks
+        _remove(tmp)
+        if full:  # encoders report a full disk their own way ("405900 requested and 61032 written")
+            raise OSError(errno.ENOSPC, "no space left on device", path) from None
         raise
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+MIN_FREE_BYTES = 1 << 20
+
+
+def _out_of_space(error: OSError, folder: str) -> bool:
+    """Whether a failed write failed for want of space: ENOSPC, or (short writes report no errno) under 1 MiB left."""
+    if error.errno == errno.ENOSPC:
+        return True
+    try:
+        return shutil.disk_usage(folder).free < MIN_FREE_BYTES
+    except OSError:
+        return False
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass

@@ -204,6 +204,8 @@ def test_hostile_and_invalid_manifests_are_refused_before_any_work(archive, tmp_
         ((("path", "id"), [(good, "a"), (good, "a")]), "duplicate id"),
         ((("path", "output"), [(good, "x.tif"), (str(archive / "in" / "a0481.png"), "x.tif")]), "duplicate output"),
         ((("path",), []), "no rows"),
+        ((("path",), [(good,), (".",)]), "line 3: '.' is a folder, not an image"),
+        ((("path",), [(str(archive / "in"),)]), "is a folder, not an image"),
     ]
     for (header, rows), msg in cases:
         m = tmp_path / "m.csv"

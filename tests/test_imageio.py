@@ -1,4 +1,5 @@
 """Decoding every supported input to 16-bit sRGB, refusing bad ones with a clear cause, and writing outputs."""
+import errno
 import io
 import os
 import struct
@@ -8,7 +9,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from pipeline.imageio import DecodeError, decode, encode, write_atomic
+from pipeline.imageio import DecodeError, decode, encode, encode_to, write_atomic
 
 from conftest import need_shared, synthetic_photo
 
@@ -220,3 +221,25 @@ def test_16_bit_png_keeps_its_depth(tmp_path):
     rgba = np.dstack([px, np.full(px.shape[:2], 65535, np.uint16)])
     p.write_bytes(imagecodecs.png_encode(rgba))
     assert np.array_equal(decode(str(p)).pixels, px)
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A real 256 KiB filesystem (tmpfs), or a skip where mounting is not allowed."""
+    import subprocess
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs to fill ({r.stderr.decode().strip() or 'not permitted'})")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_a_full_disk_says_so_and_leaves_nothing(tiny_disk):
+    pixels = np.random.default_rng(0).integers(0, 65535, (200, 300, 3), dtype=np.uint16)  # 360 kB, incompressible
+    target = str(tiny_disk / "out.tif")
+    with pytest.raises(OSError) as info:
+        write_atomic(target, lambda f: encode_to(f, pixels, "tiff16"))
+    assert info.value.errno == errno.ENOSPC and "no space left on device" in str(info.value)
+    assert os.listdir(tiny_disk) == []  # the partial temporary file is gone
