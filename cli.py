@@ -182,6 +182,21 @@ def rerender(ledger, out, workers, cpus_per_worker, images_per_worker, address, 
     _summary(result)
 
 
+@main.command("export-luts")
+@click.argument("ledger", type=click.Path(file_okay=False, exists=True))
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False),
+              help="Folder for the .cube files (each at its output's relative path, extension .cube).")
+@click.option("--size", type=click.IntRange(2, 129), default=33, show_default=True, help="LUT points per axis.")
+@click.option("--run", "run_id", default=None, help="Only this run of the ledger.")
+@click.option("--weights", default=None, type=click.Path(dir_okay=False),
+              help="The checkpoint the ledger was made with (default: the path its run recorded).")
+@user_errors
+def export_luts(ledger, out, size, run_id, weights):
+    """Each image's edit as a .cube 3D LUT (retouchers that are a global colour function; others are skipped)."""
+    from jobs.export_luts import export_luts as export
+    export(ledger, out, size, run_id, weights, log=click.echo)
+
+
 @main.command()
 @click.argument("ledger", type=click.Path(file_okay=False))
 @click.option("--verify", is_flag=True, help="Re-hash every output and source on disk.")
