@@ -169,7 +169,15 @@ def test_ctrl_c_stops_cleanly_says_how_to_resume_and_resume_finishes(kill_corpus
     work, n = kill_corpus
     out = work / "out"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    args = [*CLI, "run", str(work / "m.csv"), "--out", str(out), "--workers", "2", "--no-progress"]
+    # each photo four times (own id and output): a job that outlasts the interrupt on a fast machine too
+    copies = 4
+    with open(work / "long.csv", "w") as f:
+        f.write("path,id,output\n")
+        for i in range(n):
+            for c in range(copies):
+                f.write(f"in/p{i:02d}.tif,p{i:02d}-{c},p{i:02d}-{c}.tif\n")
+    n *= copies
+    args = [*CLI, "run", str(work / "long.csv"), "--out", str(out), "--workers", "2", "--no-progress"]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             start_new_session=True)
     deadline = time.time() + 120
