@@ -370,24 +370,26 @@ def _train_aesthetic(pairs, out, seed, options):
                f"({out}/guide.json). Use it: retouch-batch run MANIFEST --weights {out}/best.pt")
 
 
-def _train_coarse_to_fine(pairs, out, seed, options):
-    from pipeline.models.coarse_to_fine import train_coarse_to_fine
+def _train_from_photos(model, what, report, train_fn, pairs, out, seed, options, default_iters, **extra):
+    """A model with its own recipe learning from --photos degraded at random (coarse-to-fine, deep-symmetric)."""
     if not options["photos"]:
-        raise click.UsageError("--model coarse-to-fine learns from --photos (good photos, cast at random)")
-    r = train_coarse_to_fine(list(options["photos"]), list(pairs), out, options["iters"] or 300, seed,
-                             log=click.echo)  # the refinement trains for twice --iters
-    click.echo(f"done in {r['seconds']:.0f} s: {out}/best.pt ({out}/casts.json). "
+        raise click.UsageError(f"--model {model} learns from --photos ({what})")
+    r = train_fn(list(options["photos"]), list(pairs), out, options["iters"] or default_iters, seed, log=click.echo,
+                 **extra)
+    click.echo(f"done in {r['seconds']:.0f} s: {out}/best.pt ({out}/{report}). "
                f"Use it: retouch-batch run MANIFEST --weights {out}/best.pt")
+
+
+def _train_coarse_to_fine(pairs, out, seed, options):
+    from pipeline.models.coarse_to_fine import train_coarse_to_fine  # the refinement trains for twice --iters
+    _train_from_photos("coarse-to-fine", "good photos, cast at random", "casts.json", train_coarse_to_fine, pairs, out,
+                       seed, options, 300)
 
 
 def _train_deep_symmetric(pairs, out, seed, options):
     from pipeline.models.deep_symmetric import train_deep_symmetric
-    if not options["photos"]:
-        raise click.UsageError("--model deep-symmetric learns from --photos (good photos, underexposed at random)")
-    r = train_deep_symmetric(list(options["photos"]), list(pairs), out, options["iters"] or 1200, seed,
-                             coder=options["coder"] or "learned", log=click.echo)
-    click.echo(f"done in {r['seconds']:.0f} s: {out}/best.pt ({out}/dark.json). "
-               f"Use it: retouch-batch run MANIFEST --weights {out}/best.pt")
+    _train_from_photos("deep-symmetric", "good photos, underexposed at random", "dark.json", train_deep_symmetric,
+                       pairs, out, seed, options, 1200, coder=options["coder"] or "learned")
 
 
 def _learn_style(pairs, out, seed, cv, cv_repeats):

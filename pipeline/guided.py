@@ -213,7 +213,7 @@ class NetworkRetoucher(Retoucher):
         if prepared.lut is not None:
             pixels = (apply_lut_u16(pixels, prepared.lut, out) if self.device == "cpu"
                       else render_lut_torch(pixels, prepared.lut, self.device, out))
-            out = pixels if out is not None else None
+            out = pixels  # the LUT's result is ours to finish in place: no second full-resolution copy
         elif out is not None and out is not pixels:
             out[...] = pixels
             pixels = out

@@ -52,6 +52,12 @@ def shrink_long_side(image: torch.Tensor, long_side: int) -> torch.Tensor:
     return image if max(image.shape[-2:]) <= long_side else resize_long_side(image, long_side)
 
 
+def pad_to_multiple(image: torch.Tensor, stride: int) -> torch.Tensor:
+    """Pad (..., H, W) on the bottom and right, repeating the edge, to multiples of ``stride`` (strided networks)."""
+    h, w = image.shape[-2:]
+    return F.pad(image, (0, -w % stride, 0, -h % stride), mode="replicate")
+
+
 def thumbnail_tensor(image: torch.Tensor, long_side: int) -> torch.Tensor:
     """``thumbnail`` for an image already on a device: (1, 3, H, W) float in [0, 1] -> (1, 3, h, w).
 

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..operators import linear_to_srgb, srgb_to_linear
-from ..render import resize_long_side, shrink_long_side
+from ..render import pad_to_multiple, resize_long_side, shrink_long_side
 from . import Param, register
 
 CHANNELS = "rgb"
@@ -129,17 +129,13 @@ class PRNet(nn.Module):
         nn.init.zeros_(self.up[-1].weight)
         nn.init.zeros_(self.up[-1].bias)
 
-    def _padded(self, image: torch.Tensor) -> torch.Tensor:
-        h, w = image.shape[-2:]
-        return F.pad(image, (0, -w % self.STRIDE, 0, -h % self.STRIDE), mode="replicate")
-
     def memory(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The non-local block's memory for a whole image (pipeline.guided shares it between tiles)."""
-        return self.non_local.memory(self.down(self._padded(image) * 2 - 1))
+        return self.non_local.memory(self.down(pad_to_multiple(image, self.STRIDE) * 2 - 1))
 
     def forward(self, image: torch.Tensor, memory: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         h, w = image.shape[-2:]
-        x = self.down(self._padded(image) * 2 - 1)
+        x = self.down(pad_to_multiple(image, self.STRIDE) * 2 - 1)
         x = self.blocks(self.non_local(x, memory))
         return self.up(x)[..., :h, :w]
 

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..operators import linear_to_srgb, srgb_to_linear
+from ..render import pad_to_multiple
 from . import Param, register
 
 FEATURES = 12  # channels after the encoder (half resolution)
@@ -227,19 +228,15 @@ class DeepSymmetric(nn.Module):
         from .coarse_to_fine import configure_full_res
         return configure_full_res(self, full_res)
 
-    def _padded(self, image: torch.Tensor) -> torch.Tensor:
-        h, w = image.shape[-2:]
-        return F.pad(image, (0, -w % self.STRIDE, 0, -h % self.STRIDE), mode="replicate")
-
     def enhance(self, image: torch.Tensor, context: AttentionContext | None = None) -> torch.Tensor:
         """Forward propagation, dark -> good: (B, 3, H, W) -> (B, 3, H, W), not clamped."""
         h, w = image.shape[-2:]
-        return self.coder.decode(self.ift(self.coder.encode(self._padded(image)), context))[..., :h, :w]
+        return self.coder.decode(self.ift(self.coder.encode(pad_to_multiple(image, self.STRIDE)), context))[..., :h, :w]
 
     def darken(self, image: torch.Tensor, context: AttentionContext | None = None) -> torch.Tensor:
         """Backward propagation, good -> dark, through the IFT's inverse."""
         h, w = image.shape[-2:]
-        return self.coder.decode(self.ift.inverse(self.coder.encode(self._padded(image)), context))[..., :h, :w]
+        return self.coder.decode(self.ift.inverse(self.coder.encode(pad_to_multiple(image, self.STRIDE)), context))[..., :h, :w]
 
     def predict_strengths(self, thumbnail: torch.Tensor, lut_size: int | None = None) -> torch.Tensor:
         return self.blend_amount.expand(thumbnail.shape[0], 1).clone()
