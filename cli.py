@@ -8,8 +8,7 @@ import sys
 
 import click
 
-from pipeline.imageio import DEFAULT_MAX_PIXELS, OUTPUT_FORMATS
-from pipeline.lut import DEFAULT_LUT_SIZE
+from pipeline.defaults import DEFAULT_LUT_SIZE, DEFAULT_MAX_PIXELS, OUTPUT_FORMATS
 
 TIFF_CODECS = ("none", "zlib", "lzw", "zstd")
 MODEL_HELP = "Retoucher by name (`retouch-batch models` lists them), with its shipped weights unless --weights."
@@ -65,6 +64,9 @@ def job_options(fn):
                      help="Attempts per image when its worker dies."),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
         click.option("--no-progress", is_flag=True, help="No progress bar."),
+        click.option("--executor", type=click.Choice(["auto", "local", "ray"]), default="auto", show_default=True,
+                     help="Where images are processed. auto: in this process for jobs of at most 16 images that "
+                          "give no --address/RAY_ADDRESS and no worker options (no Ray start-up), else on Ray."),
     ]
     for d in reversed(decorators):
         fn = d(fn)
@@ -100,12 +102,12 @@ def _model_options(guide, search_steps, search_lr, full_res=None) -> dict:
 
 
 def _job_options(out, workers, cpus_per_worker, images_per_worker, address, ledger_dir, weights, max_pixels, retries,
-                 device, no_progress, settings):
+                 device, no_progress, executor, settings):
     from jobs.run import JobOptions
     return JobOptions(out=out, weights=weights, settings=settings, workers=workers,
                       cpus_per_worker=cpus_per_worker, images_per_worker=images_per_worker, address=address,
-                      ledger=ledger_dir,
-                      max_pixels=max_pixels, max_attempts=retries, device=device, progress=not no_progress)
+                      ledger=ledger_dir, max_pixels=max_pixels, max_attempts=retries, device=device,
+                      progress=not no_progress, executor=executor)
 
 
 def _summary(result, start_note: str = "") -> None:
@@ -113,6 +115,8 @@ def _summary(result, start_note: str = "") -> None:
     rate = o.images / o.seconds if o.seconds > 0 else 0.0
     for e in o.errors or []:
         click.echo(f"failed: {e}", err=True)
+    for w in o.warnings or []:
+        click.echo(f"warning: {w}", err=True)
     startup = f" after {o.startup_seconds:.1f} s worker start-up" if o.startup_seconds else ""
     click.echo(f"{o.images} images: {o.ok} ok, {o.error} failed, {o.skipped} skipped in {o.seconds:.1f} s "
                f"({rate:.2f} images/s){startup}{start_note}; run {result.run_id}, ledger {result.ledger}")
@@ -133,7 +137,10 @@ def main():
 @job_options
 @click.option("--format", "output_format", type=click.Choice(list(OUTPUT_FORMATS)), default="tiff16", show_default=True)
 @click.option("--quality", type=click.IntRange(1, 100), default=95, show_default=True, help="JPEG quality.")
-@click.option("--strip-metadata", is_flag=True, help="Do not copy EXIF from the source into JPEG outputs.")
+@click.option("--strip-metadata", is_flag=True,
+              help="Outputs carry no metadata but their ICC profile: no EXIF, IPTC, XMP or GPS of the source and "
+                   "no edit record (the .xmp sidecar still holds the edit).")
+@click.option("--no-sidecar", is_flag=True, help="Do not write the edit as <output>.xmp beside each output.")
 @click.option("--tiff-compression", type=click.Choice(TIFF_CODECS), default=None,
               help="16-bit TIFF codec (default: none, the fastest; see BENCHMARKS.md).")
 @click.option("--lut-size", type=click.IntRange(2, 129), default=DEFAULT_LUT_SIZE, show_default=True,
@@ -145,16 +152,17 @@ def main():
 @search_options
 @user_errors
 def run(manifest, out, workers, cpus_per_worker, images_per_worker, address, ledger_dir, weights, max_pixels, retries,
-        device, no_progress, output_format, quality, strip_metadata, tiff_compression, lut_size, half_size, overwrite,
-        model, full_res, guide, search_steps, search_lr):
+        device, no_progress, executor, output_format, quality, strip_metadata, no_sidecar, tiff_compression, lut_size, half_size,
+        overwrite, model, full_res, guide, search_steps, search_lr):
     """Retouch every image of MANIFEST (CSV or Parquet with a `path` column) into --out, with a ledger."""
     from jobs.run import run_job
     from jobs.worker import DEFAULT_TIFF_COMPRESSION, RenderSettings
     settings = RenderSettings(output_format, quality, strip_metadata, lut_size,
                               tiff_compression or DEFAULT_TIFF_COMPRESSION, half_size,
-                              json.dumps(_model_options(guide, search_steps, search_lr, full_res)))
+                              json.dumps(_model_options(guide, search_steps, search_lr, full_res)),
+                              xmp_sidecar=not no_sidecar)
     opts = _job_options(out, workers, cpus_per_worker, images_per_worker, address, ledger_dir, weights, max_pixels,
-                        retries, device, no_progress, settings)
+                        retries, device, no_progress, executor, settings)
     opts.overwrite = overwrite
     opts.model = model
     result = run_job(manifest, opts, log=lambda m: click.echo(m, err=True))
@@ -172,11 +180,11 @@ def run(manifest, out, workers, cpus_per_worker, images_per_worker, address, led
               help="Output format (default: the original run's).")
 @user_errors
 def rerender(ledger, out, workers, cpus_per_worker, images_per_worker, address, ledger_dir, weights, max_pixels,
-             retries, device, no_progress, set_ops, shift_ops, edits, run_id, output_format):
+             retries, device, no_progress, executor, set_ops, shift_ops, edits, run_id, output_format):
     """Re-render LEDGER's images from their sources with its strengths, adjusted; never re-predicts."""
     from jobs.rerender import rerender_job
     opts = _job_options(out, workers, cpus_per_worker, images_per_worker, address, ledger_dir, weights, max_pixels,
-                        retries, device, no_progress, None)
+                        retries, device, no_progress, executor, None)
     result = rerender_job(ledger, opts, set_ops, shift_ops, edits, run_id, output_format,
                           log=lambda m: click.echo(m, err=True))
     _summary(result)
@@ -195,6 +203,42 @@ def export_luts(ledger, out, size, run_id, weights):
     """Each image's edit as a .cube 3D LUT (retouchers that are a global colour function; others are skipped)."""
     from jobs.export_luts import export_luts as export
     export(ledger, out, size, run_id, weights, log=click.echo)
+
+
+@main.command()
+@click.argument("ledger", type=click.Path(file_okay=False, exists=True))
+@click.option("--output", "-o", "dest", required=True, type=click.Path(dir_okay=False), help="The HTML file to write.")
+@click.option("--run", "run_id", default=None, help="Only this run of the ledger.")
+@click.option("--no-progress", is_flag=True, help="No progress bar while thumbnails are made.")
+@user_errors
+def report(ledger, dest, run_id, no_progress):
+    """One self-contained HTML page to review LEDGER: runs, histograms, outliers, errors, before/after thumbnails."""
+    from jobs.report import write_report
+    write_report(ledger, dest, run_id, log=click.echo, show_progress=not no_progress)
+
+
+@main.command()
+@click.argument("ledger", type=click.Path(file_okay=False, exists=True))
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True,
+              help="Port on 127.0.0.1 (0: any free one).")
+@click.option("--edits", "edits_path", default="edits.csv", show_default=True, type=click.Path(dir_okay=False),
+              help="The edits file Save writes (for rerender --edits).")
+@click.option("--run", "run_id", default=None, help="Only this run of the ledger.")
+@click.option("--weights", default=None, type=click.Path(dir_okay=False),
+              help="The checkpoint the ledger was made with (default: the path its run recorded).")
+@user_errors
+def edit(ledger, port, edits_path, run_id, weights):
+    """A local web page (127.0.0.1 only) to review LEDGER's images and move their sliders by eye; Save writes an
+    edits file for `rerender --edits`."""
+    from jobs.editor import EditSession, serve
+    session = EditSession(ledger, run_id, edits_path, weights)
+    server = serve(session, port)
+    click.echo(f"editing {len(session.images)} images of {session.ledger}: open http://127.0.0.1:{server.port}/ "
+               f"(Ctrl-C to stop); Save writes {session.edits_path}")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        click.echo("stopped")
 
 
 @main.command()

@@ -31,6 +31,7 @@ class Outcome:
     startup_seconds: float = 0.0  # Ray actors created until the first one has loaded its model
     worker_restarts: int = 0
     errors: list[str] | None = None
+    warnings: list[str] | None = None  # ok images with a problem that lost nothing of the image
 
     @property
     def images(self) -> int:
@@ -40,6 +41,8 @@ class Outcome:
         setattr(self, row.status, getattr(self, row.status) + 1)
         if row.status == "error":
             self.errors = (self.errors or []) + [row.error or row.source_path]
+        elif row.warning:
+            self.warnings = (self.warnings or []) + [f"{row.source_path}: {row.warning}"]
 
 
 class _Worker:
@@ -168,6 +171,45 @@ def execute(tasks: list[ImageTask], config: WorkerConfig, placement, writer: Led
             except Exception:
                 pass
     outcome.seconds = time.monotonic() - (first_ready or start)
+    return outcome
+
+
+def execute_local(tasks: list[ImageTask], config: WorkerConfig, writer: LedgerWriter, progress: Progress,
+                  threads: int, device: str = "cpu", record: Callable[[LedgerRow], bool] | None = None) -> Outcome:
+    """The same worker code in this process, for jobs too small to be worth starting Ray: one ImageProcessor that
+    holds up to ``threads`` images at once (they decode and encode side by side; the model stage takes one at a
+    time with every thread), writing the same ledger rows."""
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    images = max(1, min(threads, len(tasks)))
+    cfg = replace(config, device=device, threads=threads, images=images)
+    outcome = Outcome()
+    start = time.monotonic()
+    processor = ImageProcessor(cfg)
+    outcome.startup_seconds = time.monotonic() - start
+    progress.start = time.monotonic()
+    pool = ThreadPoolExecutor(max_workers=images, thread_name_prefix="image")
+    try:
+        pending = {pool.submit(processor.process, t): t for t in tasks}
+        while pending:
+            done, _ = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
+            for f in done:
+                task = pending.pop(f)
+                try:
+                    row = f.result()
+                except Exception as e:  # an error that escaped the per-image guard: still one row
+                    row = _error_row(task, cfg, f"internal error {type(e).__name__}: {_first_line(e)}")
+                if record is None or record(row):
+                    writer.add(row)
+                outcome.count(row)
+                progress.update(row.status)
+    except KeyboardInterrupt:
+        pool.shutdown(wait=False, cancel_futures=True)  # images in progress finish; their rows are not awaited
+        raise JobInterrupted(outcome.images, len(tasks)) from None
+    finally:
+        writer.flush()
+    pool.shutdown()
+    outcome.seconds = time.monotonic() - progress.start
     return outcome
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from pipeline.lut import bake_lut
 
 from .ledger import read_run_records
-from .rerender import _find_weights, source_rows
+from .rerender import find_weights, source_rows
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ def export_luts(ledger: str, out: str, size: int = 33, run_id: str | None = None
     written, skipped, loaded = [], [], {}
     for r in rows:
         if r.weights_sha256 not in loaded:
-            loaded[r.weights_sha256] = _find_weights(weights, r.weights_sha256, records)
+            loaded[r.weights_sha256] = find_weights(weights, r.weights_sha256, records, r.model)
         model_info = loaded[r.weights_sha256]
         model = model_info.model
         reason = not_a_colour_function(model, r.strengths)

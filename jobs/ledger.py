@@ -49,6 +49,7 @@ class LedgerRow:
     seconds: float | None = None
     timings: str | None = None  # JSON {stage: seconds}
     prediction: str | None = None  # JSON of what a retoucher's prediction recorded besides the strengths
+    warning: str | None = None  # an ok image's problem that lost nothing of the image (unreadable metadata)
 
 
 SCHEMA = pa.schema([
@@ -59,7 +60,7 @@ SCHEMA = pa.schema([
     ("created_at", pa.timestamp("us", tz="UTC")), ("width", pa.int64()), ("height", pa.int64()),
     ("output_format", pa.string()), ("render_settings", pa.string()), ("parent_run_id", pa.string()),
     ("command", pa.string()), ("attempts", pa.int64()), ("seconds", pa.float64()), ("timings", pa.string()),
-    ("prediction", pa.string()),
+    ("prediction", pa.string()), ("warning", pa.string()),
 ], metadata={"ledger_schema_version": SCHEMA_VERSION, "writer": "retouch-batch"})
 
 assert [f.name for f in fields(LedgerRow) if f.name != "run_id"] == SCHEMA.names

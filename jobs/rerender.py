@@ -132,7 +132,7 @@ def rerender_job(ledger: str, opts: JobOptions, set_ops: tuple[str, ...] = (), s
                           read_edits_file(edits_file, operators, {r.image_id for r in rows}, ranges)
                           if edits_file else {}, ranges)
     records = {r.run_id: r for r in read_run_records(ledger)}
-    loaded = _find_weights(opts.weights, rows[0].weights_sha256, records)
+    loaded = find_weights(opts.weights, rows[0].weights_sha256, records, rows[0].model)
     settings = RenderSettings.from_json(rows[0].render_settings) if rows[0].render_settings else RenderSettings()
     if output_format:
         settings = replace(settings, output_format=output_format)
@@ -160,14 +160,18 @@ def rerender_job(ledger: str, opts: JobOptions, set_ops: tuple[str, ...] = (), s
     return JobResult(new_id, outcome, False, ledger_out, [])
 
 
-def _find_weights(explicit: str | None, sha: str, records: dict[str, RunRecord]):
-    """The weights the ledger's strengths were made for: --weights, the path the run recorded, or the default."""
+def find_weights(explicit: str | None, sha: str, records: dict[str, RunRecord], model: str | None = None):
+    """The weights the ledger's strengths were made for: --weights, the path the run recorded, or the shipped
+    weights of the ledger's model (or of the default model)."""
     candidates = [explicit] if explicit else [r.weights_path for r in records.values() if r.weights_sha256 == sha]
-    candidates = [c for c in candidates if c] + ([None] if not explicit else [])
-    for c in candidates:
+    candidates = [(c, None) for c in candidates if c]
+    if not explicit:
+        candidates += [(None, model)] if model else []
+        candidates += [(None, None)]
+    for path, name in candidates:
         try:
-            loaded = load_checkpoint(c)
-        except CheckpointError:
+            loaded = load_checkpoint(path, model=name)
+        except (CheckpointError, KeyError, ValueError):
             continue
         if loaded.weights_sha256 == sha:
             return loaded

@@ -12,7 +12,7 @@ from pipeline.render import configure_model
 from pipeline.imageio import DEFAULT_MAX_PIXELS, TEMP_PREFIX
 
 from . import cluster
-from .executor import DEFAULT_MAX_ATTEMPTS, Outcome, execute
+from .executor import DEFAULT_MAX_ATTEMPTS, Outcome, execute, execute_local
 from .ledger import (LedgerRow, LedgerWriter, RunRecord, latest_by_image, new_run_id, now, read_ledger,
                      read_run_records, write_run_record)
 from .lock import OutputLock
@@ -36,6 +36,7 @@ class JobOptions:
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     device: str = "auto"
     progress: bool = True
+    executor: str = "auto"  # auto / local (this process) / ray; see in_process()
 
     @property
     def ledger_dir(self) -> str:
@@ -120,13 +121,29 @@ def run_job(manifest_path: str, opts: JobOptions, log=print) -> JobResult:
     return JobResult(run_id, outcome, resumed, ledger_dir, manifest.warnings)
 
 
+LOCAL_MAX_IMAGES = 16  # auto: jobs of at most this many images run in this process
+
+
+def in_process(opts: JobOptions, images: int) -> bool:
+    """Whether the job runs in this process instead of on Ray. ``auto``: when it is small (at most
+    LOCAL_MAX_IMAGES images), names no cluster (--address, RAY_ADDRESS) and asks nothing of Ray's workers
+    (--workers, --cpus-per-worker, --images-per-worker): starting Ray costs seconds a small job does not have."""
+    if opts.executor != "auto":
+        return opts.executor == "local"
+    return (images <= LOCAL_MAX_IMAGES and not opts.address and not os.environ.get("RAY_ADDRESS")
+            and opts.workers is None and opts.cpus_per_worker is None and opts.images_per_worker is None)
+
+
 def launch(tasks: list[ImageTask], weights_path: str, opts: JobOptions, rec: RunRecord, ledger_dir: str, log,
            record=None) -> Outcome:
-    """Start or join Ray, run the tasks, and mark the run finished in its record. The caller holds the lock."""
+    """Run the tasks in this process or on Ray (started or joined here), and mark the run finished in its record.
+    The caller holds the lock."""
     if not tasks:
         rec.finished_at = now().isoformat()
         write_run_record(ledger_dir, rec)
         return Outcome()
+    if in_process(opts, len(tasks)):
+        return _launch_local(tasks, weights_path, opts, rec, ledger_dir, log, record)
     cluster.connect(opts.address)
     placement = cluster.plan(opts.workers, opts.device, opts.cpus_per_worker, opts.images_per_worker)
     held = f", {placement.images_per_worker} images at once" if placement.images_per_worker > 1 else ""
@@ -134,10 +151,30 @@ def launch(tasks: list[ImageTask], weights_path: str, opts: JobOptions, rec: Run
         f" x {placement.threads_per_worker} thread(s){held}"
         f" -> {rec.out}")
     writer = LedgerWriter(ledger_dir, rec.run_id)
-    config = WorkerConfig(weights=weights_path, settings=opts.settings, max_pixels=opts.max_pixels)
+    config = WorkerConfig(weights=weights_path, settings=opts.settings, max_pixels=opts.max_pixels, run_id=rec.run_id)
     progress = Progress(len(tasks), enabled=opts.progress)
     try:
         outcome = execute(tasks, config, placement, writer, progress, opts.max_attempts, record)
+    finally:
+        progress.close()
+    rec.finished_at = now().isoformat()
+    write_run_record(ledger_dir, rec)
+    return outcome
+
+
+def _launch_local(tasks, weights_path, opts: JobOptions, rec: RunRecord, ledger_dir: str, log, record) -> Outcome:
+    import torch
+    if opts.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda, but this machine has no CUDA GPU")
+    device = "cuda" if opts.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
+    threads = os.cpu_count() or 1
+    log(f"{rec.command} {rec.run_id}: {len(tasks)} images in this process ({device}, {threads} thread(s); "
+        f"jobs over {LOCAL_MAX_IMAGES} images, --workers or --address use Ray) -> {rec.out}")
+    writer = LedgerWriter(ledger_dir, rec.run_id)
+    config = WorkerConfig(weights=weights_path, settings=opts.settings, max_pixels=opts.max_pixels, run_id=rec.run_id)
+    progress = Progress(len(tasks), enabled=opts.progress)
+    try:
+        outcome = execute_local(tasks, config, writer, progress, threads, device, record)
     finally:
         progress.close()
     rec.finished_at = now().isoformat()

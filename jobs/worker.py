@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass, field
 
 from pipeline.checkpoint import file_sha256, load_checkpoint
 from pipeline.imageio import DEFAULT_MAX_PIXELS, DecodeError, decode, encode_to, write_atomic
+from pipeline.metadata import (SIDECAR_SUFFIX, EditRecord, MetadataError, OutputMetadata, read_source, sidecar_text,
+                               software)
 from pipeline.lut import DEFAULT_LUT_SIZE
 from pipeline.render import open_retoucher
 
@@ -29,11 +31,12 @@ class RenderSettings:
 
     output_format: str = "tiff16"
     jpeg_quality: int = 95
-    strip_metadata: bool = False
+    strip_metadata: bool = False  # no source metadata and no edit record in the output (the sidecar stays)
     lut_size: int = DEFAULT_LUT_SIZE
     tiff_compression: str = DEFAULT_TIFF_COMPRESSION
     half_size: bool = False
     model_options: str = ""  # JSON of the model's run options (aesthetic: guide file and hash, search steps, lr)
+    xmp_sidecar: bool = True  # the edit as <output>.xmp beside each output
 
     @property
     def model_options_dict(self) -> dict:
@@ -69,6 +72,7 @@ class WorkerConfig:
     device: str = "cpu"
     threads: int = 1
     images: int = 1  # images processed at once (threads of one actor); the model stage takes one at a time
+    run_id: str = ""  # recorded in each output's edit XMP
 
     @property
     def threads_per_image(self) -> int:
@@ -125,6 +129,26 @@ class ImageProcessor:
         base.update(kw)
         return LedgerRow(**base)
 
+    def _write(self, path: str, pixels, metadata: OutputMetadata | None, mode: int, on_written) -> str:
+        """Encode straight into the output file; its hash is read back while the file is synced."""
+        s = self.config.settings
+
+        def encode(f) -> None:
+            encode_to(f, pixels, s.output_format, jpeg_quality=s.jpeg_quality, metadata=metadata,
+                      tiff_compression=s.tiff_compression, threads=self.config.threads_per_image)
+        try:
+            return write_atomic(path, encode, mode, digest=self._threads, on_written=on_written)
+        except OSError as e:
+            raise DecodeError(f"cannot write output {path}: {e.strerror or e}") from None
+
+    def _edit_record(self, task: ImageTask, strengths: list[float], source_sha: str) -> EditRecord:
+        info = self.retoucher.info
+        return EditRecord(model=info.model, model_version=str(info.model_version),
+                          weights_sha256=self.retoucher.loaded.weights_sha256, operators=tuple(info.operators),
+                          strengths=tuple(strengths), run_id=self.config.run_id, image_id=task.image_id,
+                          source_sha256=source_sha, command=task.command, parent_run_id=task.parent_run_id,
+                          software=software())
+
     def is_current(self, task: ImageTask, source_sha: str) -> bool:
         prev = task.previous
         if task.overwrite or prev is None or prev.status not in ("ok", "skipped"):
@@ -132,7 +156,9 @@ class ImageProcessor:
         same = (prev.source_sha256 == source_sha and prev.weights_sha256 == self.retoucher.loaded.weights_sha256
                 and prev.render_settings == self.settings_json and prev.output_path == task.output
                 and (task.strengths is None or list(task.strengths) == list(prev.strengths)))
-        return same and os.path.isfile(task.output) and file_sha256(task.output) == prev.output_sha256
+        sidecar_ok = not self.config.settings.xmp_sidecar or os.path.isfile(task.output + SIDECAR_SUFFIX)
+        return (same and sidecar_ok and os.path.isfile(task.output)
+                and file_sha256(task.output) == prev.output_sha256)
 
     def process(self, task: ImageTask) -> LedgerRow:
         t0 = time.perf_counter()
@@ -162,6 +188,8 @@ class ImageProcessor:
             else:  # hashing overlaps decoding (hashlib and the decoders release the GIL)
                 source_hash = self._threads.submit(file_sha256, src)
             s = self.config.settings
+            # read beside decoding; metadata that cannot be read is a warning, never a failed image
+            source_meta = None if s.strip_metadata else self._threads.submit(read_source, src)
             decoded = decode(src, self.config.max_pixels, self.retoucher.info.rendition, half_size=s.half_size)
             pixels = decoded.pixels
             h, w = pixels.shape[:2]
@@ -187,21 +215,38 @@ class ImageProcessor:
             if os.path.realpath(task.output) == os.path.realpath(src):
                 raise DecodeError("refusing to overwrite the source with its output")
 
-            def write_output(f) -> None:
-                encode_to(f, pixels, s.output_format, jpeg_quality=s.jpeg_quality,
-                          exif=None if s.strip_metadata else decoded.exif, tiff_compression=s.tiff_compression,
-                          threads=self.config.threads_per_image)
-            try:  # encoded straight into the file; its hash is read back while the file is synced
-                out_sha = write_atomic(task.output, write_output, output_mode(src), digest=self._threads,
-                                       on_written=lambda: lap("encode"))
-            except OSError as e:
-                raise DecodeError(f"cannot write output {task.output}: {e.strerror or e}") from None
-            del pixels, decoded
-            lap("write")
             source_sha = source_hash.result()
+            edit = self._edit_record(task, strengths, source_sha)
+            meta, warning = (None, None) if source_meta is None else source_meta.result()
+            out_meta = None
+            if not s.strip_metadata:
+                try:
+                    out_meta = OutputMetadata.build(meta, edit, s.output_format, w, h, software())
+                except MetadataError as e:  # the source's metadata is left out; the edit record still goes in
+                    meta, warning = None, str(e)
+                    out_meta = OutputMetadata.build(None, edit, s.output_format, w, h, software())
+            try:
+                out_sha = self._write(task.output, pixels, out_meta, output_mode(src), lambda: lap("encode"))
+            except MetadataError as e:  # the image is not lost for its metadata
+                meta, warning = None, str(e)
+                out_sha = self._write(task.output, pixels, None, output_mode(src), lambda: lap("encode"))
+            del pixels, decoded
+            if s.xmp_sidecar:  # after the output: a crash between leaves no sidecar, and the image is redone
+                try:
+                    text = sidecar_text(meta, edit, w, h)
+                except MetadataError as e:
+                    warning = warning or str(e)
+                    text = sidecar_text(None, edit, w, h)
+                try:
+                    write_atomic(task.output + SIDECAR_SUFFIX, text.encode(), output_mode(src))
+                except OSError as e:
+                    raise DecodeError(f"cannot write {task.output + SIDECAR_SUFFIX}: {e.strerror or e}") from None
+            elif os.path.isfile(task.output + SIDECAR_SUFFIX):  # a former run's: it would describe another edit
+                os.unlink(task.output + SIDECAR_SUFFIX)
+            lap("write")
             return self._row(task, "ok", source_sha256=source_sha, output_sha256=out_sha, strengths=strengths,
                              width=w, height=h, seconds=round(time.perf_counter() - t0, 4),
-                             timings=json.dumps(timings), prediction=prediction)
+                             timings=json.dumps(timings), prediction=prediction, warning=warning)
         except DecodeError as e:
             return self._row(task, "error", error=f"{src}: {e}", output_path=None,
                              seconds=round(time.perf_counter() - t0, 4))

@@ -19,16 +19,16 @@ from typing import BinaryIO
 
 import numpy as np
 
+from .defaults import DEFAULT_MAX_PIXELS, OUTPUT_FORMATS  # noqa: F401  (re-exported)
+
 RAW_EXTENSIONS = frozenset(
     ".3fr .ari .arw .bay .braw .cap .cr2 .cr3 .crw .cs1 .dcr .dcs .dng .drf .eip .erf .fff .gpr .iiq .k25 .kdc "
     ".mdc .mef .mos .mrw .nef .nrw .orf .pef .ptx .pxn .r3d .raf .raw .rw2 .rwl .rwz .sr2 .srf .srw .x3f".split())
 TIFF_EXTENSIONS = frozenset({".tif", ".tiff"})
 PILLOW_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png"})
 IMAGE_EXTENSIONS = RAW_EXTENSIONS | TIFF_EXTENSIONS | PILLOW_EXTENSIONS
-DEFAULT_MAX_PIXELS = 250_000_000
 MIN_RAW_BYTES_PER_PIXEL = 0.02
 
-OUTPUT_FORMATS = {"tiff16": ".tif", "jpeg": ".jpg", "png": ".png"}
 
 
 class DecodeError(Exception):
@@ -38,7 +38,6 @@ class DecodeError(Exception):
 @dataclass
 class Decoded:
     pixels: np.ndarray  # (H, W, 3) uint16, sRGB-encoded, oriented
-    exif: bytes | None = None  # raw EXIF block to carry into JPEG outputs
 
 
 @functools.lru_cache(maxsize=1)
@@ -260,14 +259,13 @@ def _decode_pillow(path: str, max_pixels: int) -> Decoded:
     try:
         with Image.open(path) as im:
             check_pixels(im.width, im.height, max_pixels)
-            exif = im.info.get("exif")
             icc = im.info.get("icc_profile")
             if im.format == "PNG" and im.tile and im.tile[0].args in ("RGB;16B", "RGBA;16B"):
-                return _decode_png16(path, icc, im.getexif().get(0x0112, 1), exif)
+                return _decode_png16(path, icc, im.getexif().get(0x0112, 1))
             im = ImageOps.exif_transpose(im)
             if im.mode in ("I;16", "I;16B", "I;16L", "I"):
                 a = np.asarray(im).astype(np.uint16) if im.mode != "I" else np.clip(np.asarray(im), 0, 65535).astype(np.uint16)
-                return Decoded(np.ascontiguousarray(np.repeat(a[:, :, None], 3, axis=2)), exif)
+                return Decoded(np.ascontiguousarray(np.repeat(a[:, :, None], 3, axis=2)))
             if im.mode == "CMYK":
                 raise DecodeError("CMYK JPEG is not supported (convert to RGB)")
             if im.mode not in ("RGB",):
@@ -285,10 +283,10 @@ def _decode_pillow(path: str, max_pixels: int) -> Decoded:
         raise
     except Exception as e:
         raise DecodeError(f"corrupt or unreadable image ({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
-    return Decoded(a.astype(np.uint16) * 257, exif)
+    return Decoded(a.astype(np.uint16) * 257)
 
 
-def _decode_png16(path: str, icc: bytes | None, orientation: int, exif: bytes | None) -> Decoded:
+def _decode_png16(path: str, icc: bytes | None, orientation: int) -> Decoded:
     """16-bit RGB(A) PNG at full depth (Pillow would reduce it to 8 bits)."""
     import imagecodecs
     with open(path, "rb") as f:
@@ -296,25 +294,28 @@ def _decode_png16(path: str, icc: bytes | None, orientation: int, exif: bytes | 
     px = _to_uint16_rgb(a)
     if icc:
         px = _icc_to_srgb_16(px, icc)
-    return Decoded(apply_orientation(px, orientation), exif)
+    return Decoded(apply_orientation(px, orientation))
 
 
 # ---------------------------------------------------------------------------------------------------- writing
 
-def encode(pixels: np.ndarray, fmt: str, *, jpeg_quality: int = 95, exif: bytes | None = None,
+def encode(pixels: np.ndarray, fmt: str, *, jpeg_quality: int = 95, metadata=None,
            tiff_compression: str | None = None, threads: int = 1) -> bytes:
     """(H, W, 3) uint16 -> file bytes in ``fmt`` with an sRGB ICC profile (see ``encode_to``)."""
     buf = io.BytesIO()
-    encode_to(buf, pixels, fmt, jpeg_quality=jpeg_quality, exif=exif, tiff_compression=tiff_compression,
+    encode_to(buf, pixels, fmt, jpeg_quality=jpeg_quality, metadata=metadata, tiff_compression=tiff_compression,
               threads=threads)
     return buf.getvalue()
 
 
-def encode_to(f: BinaryIO, pixels: np.ndarray, fmt: str, *, jpeg_quality: int = 95, exif: bytes | None = None,
+def encode_to(f: BinaryIO, pixels: np.ndarray, fmt: str, *, jpeg_quality: int = 95, metadata=None,
               tiff_compression: str | None = None, threads: int = 1) -> None:
     """Write ``pixels`` as a ``fmt`` file with an sRGB ICC profile into the binary file object ``f``.
 
-    Compressed TIFFs are cut into 128-row strips that ``threads`` threads compress in parallel.
+    ``metadata`` (``pipeline.metadata.OutputMetadata``) is written into the file: into a TIFF as it is encoded
+    (``f`` must then be seekable and, if a real file, readable by its name), into a JPEG or PNG by exiv2 in memory.
+    Without it the file carries no metadata besides the ICC profile. Compressed TIFFs are cut into 128-row strips
+    that ``threads`` threads compress in parallel.
     """
     icc = srgb_icc_profile()
     if fmt == "tiff16":
@@ -323,36 +324,42 @@ def encode_to(f: BinaryIO, pixels: np.ndarray, fmt: str, *, jpeg_quality: int = 
         if tiff_compression and tiff_compression != "none":
             kw = {"compression": tiff_compression, "predictor": True, "rowsperstrip": 128,
                   "maxworkers": max(1, threads)}
-        tifffile.imwrite(f, pixels, photometric="rgb", iccprofile=icc, metadata=None, **kw)
+        tiff_meta = None
+        if metadata is not None:
+            from .metadata import TiffMetadata
+            tiff_meta = TiffMetadata.from_metadata(metadata)
+            kw["extratags"] = tiff_meta.extratags()
+            kw["software"] = metadata.software
+            if tiff_meta.resolution is not None:
+                kw["resolution"], kw["resolutionunit"] = tiff_meta.resolution[:2], tiff_meta.resolution[2]
+        else:
+            kw["software"] = False
+        start = f.tell()
+        tifffile.imwrite(f, pixels, photometric="rgb", iccprofile=icc, metadata=None, byteorder="<", **kw)
+        if tiff_meta is not None:
+            tiff_meta.append_to(f, start)
         return
     from PIL import Image
     eight = to_uint8(pixels)
     if fmt == "jpeg":
         kw = {"quality": jpeg_quality, "subsampling": 0, "icc_profile": icc}
-        if exif:
-            kw["exif"] = _exif_without_orientation(exif)
-        Image.fromarray(eight, "RGB").save(f, "JPEG", **kw)
+        save = lambda out: Image.fromarray(eight, "RGB").save(out, "JPEG", **kw)  # noqa: E731
     elif fmt == "png":
-        Image.fromarray(eight, "RGB").save(f, "PNG", icc_profile=icc, compress_level=6)
+        save = lambda out: Image.fromarray(eight, "RGB").save(out, "PNG", icc_profile=icc, compress_level=6)  # noqa: E731
     else:
         raise ValueError(f"unknown output format {fmt!r}; choose from {', '.join(OUTPUT_FORMATS)}")
+    if metadata is None:
+        save(f)
+        return
+    from .metadata import embed
+    buf = io.BytesIO()
+    save(buf)
+    f.write(embed(buf.getvalue(), metadata))
 
 
 def to_uint8(pixels: np.ndarray) -> np.ndarray:
     """16 -> 8 bit with rounding (x * 255 / 65535), only at the very end of the pipeline."""
     return ((pixels.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
-
-
-def _exif_without_orientation(exif: bytes) -> bytes:
-    """The pixels are already upright, so the copied EXIF must say orientation 1."""
-    from PIL import Image
-    try:
-        e = Image.Exif()
-        e.load(exif)
-        e[0x0112] = 1
-        return e.tobytes()
-    except Exception:
-        return b""
 
 
 TEMP_PREFIX = ".retouch-tmp-"
@@ -372,7 +379,8 @@ def write_atomic(path: str, data: bytes | Callable[[BinaryIO], None], mode: int 
     tmp = os.path.join(d, f"{TEMP_PREFIX}{uuid.uuid4().hex}-{os.path.basename(path)}")
     try:
         create = 0o666 if mode is None else mode
-        with open(tmp, "xb", opener=lambda p, flags: os.open(p, flags, create)) as f:  # f.name: encoders want a path
+        # readable too: a TIFF's EXIF directories are appended after reading back where tifffile put IFD0
+        with open(tmp, "x+b", opener=lambda p, flags: os.open(p, flags, create)) as f:
             if callable(data):
                 data(f)
             else:

@@ -14,7 +14,8 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.core.extending import intrinsic
 
-DEFAULT_LUT_SIZE = 33
+from .defaults import DEFAULT_LUT_SIZE  # noqa: F401  (re-exported)
+
 # one parallel kernel at a time per process: a worker holding several images may decode one (an ICC conversion runs
 # a LUT) while another is rendered, and numba's fallback threading layer (workqueue) aborts on concurrent launches
 _KERNEL_LOCK = threading.Lock()

@@ -118,3 +118,19 @@ def rerender_ledger(out: Path, dest: Path, *edits: str) -> tuple[dict, dict]:
                                   "--no-progress"])
     assert r.exit_code == 0, r.output
     return ledger_rows(out / "ledger"), ledger_rows(dest / "ledger")
+
+
+def output_pixels(path) -> np.ndarray:
+    """An output's pixels as stored (16-bit TIFF or 8-bit JPEG/PNG), without our decoder's conversions."""
+    import tifffile
+    from PIL import Image
+    if str(path).endswith(".tif"):
+        return tifffile.imread(path)
+    with Image.open(path) as im:
+        return np.asarray(im)
+
+
+def same_pixels(a, b) -> bool:
+    """Two outputs hold the same image. Their bytes differ whenever their embedded edit records name different runs,
+    so re-rendering with unchanged strengths is checked on the pixels."""
+    return np.array_equal(output_pixels(a), output_pixels(b))

@@ -13,7 +13,7 @@ from PIL import Image
 from cli import main
 from jobs.ledger import SCHEMA_VERSION, latest_by_image, read_ledger
 
-from conftest import need_shared
+from conftest import need_shared, output_pixels, same_pixels
 
 
 def write_manifest(path, rows, header=("path",)):
@@ -91,6 +91,26 @@ def test_ledger_reads_with_pyarrow_and_duckdb(first_run):
     assert (n, runs) == (5, 1)
 
 
+def test_a_small_job_runs_in_this_process_with_the_same_results(first_run, archive, tmp_path):
+    """No worker options and 5 images: the worker code runs in the CLI's process (no Ray start-up); its ledger and
+    outputs are those of the Ray run (up to float rounding: the model runs on 2 threads here, 1 in a Ray worker)."""
+    out = tmp_path / "local"
+    r = CliRunner().invoke(main, ["run", str(archive / "manifest.csv"), "--out", str(out), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert "5 images in this process" in r.output and "5 ok" in r.output
+    on_ray = {x.image_id: x for x in read_ledger(first_run[0] / "ledger")}
+    local = {x.image_id: x for x in read_ledger(out / "ledger")}
+    assert local.keys() == on_ray.keys()
+    for k, row in local.items():
+        assert row.status == "ok" and row.source_sha256 == on_ray[k].source_sha256
+        assert row.strengths == pytest.approx(on_ray[k].strengths, abs=1e-5)
+        a, b = output_pixels(row.output_path).astype(int), output_pixels(on_ray[k].output_path).astype(int)
+        assert np.abs(a - b).max() <= 2, k  # of 65535
+    r = CliRunner().invoke(main, ["run", str(archive / "manifest.csv"), "--out", str(tmp_path / "ray"), "--executor",
+                                  "ray", "--no-progress"])
+    assert r.exit_code == 0 and "cpu worker(s)" in r.output, r.output
+
+
 def test_second_run_skips_current_outputs(first_run, archive):
     out, _ = first_run
     r = CliRunner().invoke(main, ["run", str(archive / "manifest.csv"), "--out", str(out), "--no-progress"])
@@ -100,7 +120,7 @@ def test_second_run_skips_current_outputs(first_run, archive):
     assert len({x.run_id for x in rows}) == 2 and len(rows) == 10
 
 
-def test_rerender_unchanged_is_byte_identical_and_shift_brightens(first_run, tmp_path):
+def test_rerender_unchanged_gives_the_same_pixels_and_shift_brightens(first_run, tmp_path):
     out, _ = first_run
     runner = CliRunner()
     same = tmp_path / "same"
@@ -110,7 +130,7 @@ def test_rerender_unchanged_is_byte_identical_and_shift_brightens(first_run, tmp
     new = latest_by_image(read_ledger(same / "ledger"))
     assert set(new) == set(orig)
     for k, row in new.items():
-        assert row.output_sha256 == orig[k].output_sha256, k
+        assert same_pixels(row.output_path, orig[k].output_path), k
         assert row.command == "rerender" and row.parent_run_id == orig[k].run_id or orig[k].status == "skipped"
     bright = tmp_path / "bright"
     r = runner.invoke(main, ["rerender", str(out / "ledger"), "--out", str(bright), "--shift", "ex=+0.3",
@@ -275,7 +295,7 @@ def test_gpu_workers_hold_one_image_per_core_as_memory_allows():
 
 def test_a_worker_holding_several_images_gives_the_same_outputs(first_run, archive, tmp_path):
     """--images-per-worker: one worker decodes and encodes several images at once, one at a time on the model
-    (as a GPU worker does by default); the outputs are byte-identical to one image at a time."""
+    (as a GPU worker does by default); the outputs are the same images as one at a time."""
     out = tmp_path / "held"
     r = CliRunner().invoke(main, ["run", str(archive / "manifest.csv"), "--out", str(out), "--workers", "1",
                                   "--images-per-worker", "3", "--no-progress"])
@@ -286,7 +306,7 @@ def test_a_worker_holding_several_images_gives_the_same_outputs(first_run, archi
     assert sorted(row.image_id for row in rows) == sorted(one_at_a_time)
     for row in rows:
         assert row.status == "ok", row.error
-        assert row.output_sha256 == one_at_a_time[row.image_id].output_sha256, row.image_id
+        assert same_pixels(row.output_path, one_at_a_time[row.image_id].output_path), row.image_id
         assert "wait" in json.loads(row.timings)  # time spent waiting for another image's model stage
     # the worker really held several: some images were in progress at the same time
     spans = sorted((row.created_at.timestamp() - row.seconds, row.created_at.timestamp()) for row in rows)

@@ -138,16 +138,6 @@ def test_outputs_carry_srgb_icc_and_16_bits():
     assert Image.open(io.BytesIO(encode(px, "png"))).info.get("icc_profile")
 
 
-def test_jpeg_copies_exif_unless_stripped():
-    exif = Image.Exif()
-    exif[0x010F] = "TestCam"
-    exif[0x0112] = 6
-    px = synthetic_photo(10, 10)
-    kept = Image.open(io.BytesIO(encode(px, "jpeg", exif=exif.tobytes()))).getexif()
-    assert kept.get(0x010F) == "TestCam" and kept.get(0x0112) == 1  # pixels are upright already
-    assert not Image.open(io.BytesIO(encode(px, "jpeg", exif=None))).getexif().get(0x010F)
-
-
 def test_write_atomic_leaves_no_temporary(tmp_path):
     write_atomic(str(tmp_path / "o.tif"), b"abc", 0o640)
     assert os.listdir(tmp_path) == ["o.tif"]
