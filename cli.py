@@ -139,8 +139,9 @@ def main():
 @click.option("--quality", type=click.IntRange(1, 100), default=95, show_default=True, help="JPEG quality.")
 @click.option("--strip-metadata", is_flag=True,
               help="Outputs carry no metadata but their ICC profile: no EXIF, IPTC, XMP or GPS of the source and "
-                   "no edit record (the .xmp sidecar still holds the edit).")
-@click.option("--no-sidecar", is_flag=True, help="Do not write the edit as <output>.xmp beside each output.")
+                   "no edit record (an --xmp-sidecar still holds the edit).")
+@click.option("--xmp-sidecar", is_flag=True,
+              help="Also write the edit (and the job that wrote the file) as <output>.xmp beside each output.")
 @click.option("--tiff-compression", type=click.Choice(TIFF_CODECS), default=None,
               help="16-bit TIFF codec (default: none, the fastest; see BENCHMARKS.md).")
 @click.option("--lut-size", type=click.IntRange(2, 129), default=DEFAULT_LUT_SIZE, show_default=True,
@@ -152,15 +153,15 @@ def main():
 @search_options
 @user_errors
 def run(manifest, out, workers, cpus_per_worker, images_per_worker, address, ledger_dir, weights, max_pixels, retries,
-        device, no_progress, executor, output_format, quality, strip_metadata, no_sidecar, tiff_compression, lut_size, half_size,
-        overwrite, model, full_res, guide, search_steps, search_lr):
+        device, no_progress, executor, output_format, quality, strip_metadata, xmp_sidecar, tiff_compression,
+        lut_size, half_size, overwrite, model, full_res, guide, search_steps, search_lr):
     """Retouch every image of MANIFEST (CSV or Parquet with a `path` column) into --out, with a ledger."""
     from jobs.run import run_job
     from jobs.worker import DEFAULT_TIFF_COMPRESSION, RenderSettings
     settings = RenderSettings(output_format, quality, strip_metadata, lut_size,
                               tiff_compression or DEFAULT_TIFF_COMPRESSION, half_size,
                               json.dumps(_model_options(guide, search_steps, search_lr, full_res)),
-                              xmp_sidecar=not no_sidecar)
+                              xmp_sidecar=xmp_sidecar)
     opts = _job_options(out, workers, cpus_per_worker, images_per_worker, address, ledger_dir, weights, max_pixels,
                         retries, device, no_progress, executor, settings)
     opts.overwrite = overwrite
@@ -252,6 +253,24 @@ def audit(ledger, verify, as_json):
     report = run_audit(ledger, verify)
     click.echo(json.dumps(report.to_dict(), indent=1, default=str) if as_json else format_report(report))
     sys.exit(0 if report.consistent else 1)
+
+
+@main.group()
+def ledger():
+    """Maintain a ledger."""
+
+
+@ledger.command()
+@click.argument("path", type=click.Path(file_okay=False, exists=True))
+@user_errors
+def compact(path):
+    """Merge each run's part files into one, without losing or changing a row (safe to interrupt and re-run)."""
+    from jobs.ledger import compact as compact_ledger
+    done = compact_ledger(path, log=click.echo)
+    merged = [c for c in done if c.rows >= 0]
+    click.echo(f"{path}: {len(merged)} run(s) compacted, {sum(c.parts for c in merged)} part files merged"
+               + (f", {sum(c.orphans_removed for c in done)} leftover part(s) of an interrupted compaction removed"
+                  if any(c.orphans_removed for c in done) else ""))
 
 
 @main.command()

@@ -1,17 +1,21 @@
 """`retouch-batch audit`: what ran, with which model and strengths, and whether the files still match."""
 from __future__ import annotations
 
-import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.checkpoint import file_sha256
 from pipeline.models import parameter_ranges
 
-from .ledger import LedgerRow, read_ledger, read_run_records
+from .ledger import LedgerRow, read_ledger, read_run_records, read_table
 
-OUTLIER_Z = 3.0
+OUTLIER_Z = 3.5  # robust z-score (median and MAD of the run) beyond which a strength is an outlier (Iglewicz-Hoaglin)
 SATURATED = 0.98  # a strength within 1 % of its range's end means the predictor hit that end
+MIN_IMAGES_FOR_Z = 5
 
 
 @dataclass
@@ -60,53 +64,97 @@ class AuditReport:
         return d
 
 
-def _stats(values: list[float]) -> OperatorStats:
-    n = len(values)
-    mean = sum(values) / n
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
-    return OperatorStats(n, round(mean, 4), round(std, 4), round(min(values), 4), round(max(values), 4))
+@dataclass(frozen=True)
+class Outlier:
+    index: int  # in the rows given
+    image_id: str
+    operator: str
+    strength: float
+    z: float
+    why: str  # "saturated" or "|z| >= 3.5"
+
+    def to_dict(self) -> dict:
+        return {"image_id": self.image_id, "operator": self.operator, "strength": round(self.strength, 4),
+                "z": round(self.z, 2), "why": self.why}
 
 
-def _audit_run(run_id: str, rows: list[LedgerRow], records: dict) -> RunAudit:
+def find_outliers(rows: list[LedgerRow], ranges: dict[str, tuple[float, float]]) -> list[Outlier]:
+    """A run's images whose strength hit its range's end, or stands far from the run's others (see
+    ``outliers_of``); ``index`` is the row's position in ``rows``."""
+    rendered = [(i, r) for i, r in enumerate(rows) if r.status in ("ok", "skipped") and r.strengths]
+    if not rendered:
+        return []
+    operators = list(rendered[0][1].operators)
+    rendered = [(i, r) for i, r in rendered if len(r.strengths) == len(operators)]
+    found = outliers_of([r.image_id for _, r in rendered], operators,
+                        np.array([r.strengths for _, r in rendered], dtype=np.float64), ranges)
+    return [replace(o, index=rendered[o.index][0]) for o in found]
+
+
+def outliers_of(image_ids: list[str], operators: list[str], values: np.ndarray,
+                ranges: dict[str, tuple[float, float]]) -> list[Outlier]:
+    """Outliers among ``values`` (images x operators). Median and MAD, not mean and standard deviation: the outliers
+    themselves would inflate a standard deviation and hide."""
+    out = []
+    n = values.shape[0]
+    for j, op in enumerate(operators):
+        v = values[:, j]
+        centre = float(np.median(v))
+        scale = 1.4826 * float(np.median(np.abs(v - centre))) if n >= MIN_IMAGES_FOR_Z else 0.0
+        z = (v - centre) / scale if scale > 1e-9 else np.zeros_like(v)
+        lo, hi = ranges.get(op, (-1.0, 1.0))
+        saturated = np.abs(v - (lo + hi) / 2) >= SATURATED * (hi - lo) / 2
+        for i in np.nonzero(saturated | (np.abs(z) >= OUTLIER_Z))[0]:
+            out.append(Outlier(int(i), image_ids[i], op, float(v[i]), float(z[i]),
+                               "saturated" if saturated[i] else f"|z| >= {OUTLIER_Z}"))
+    return out
+
+
+AUDIT_COLUMNS = ["run_id", "image_id", "status", "model", "model_version", "weights_sha256", "operators",
+                 "strengths", "command", "parent_run_id"]
+
+
+def _audit_run(run_id: str, t: pa.Table, records: dict) -> RunAudit:
+    """One run's summary from its rows as an Arrow table: counts and statistics in Arrow and numpy, so that a
+    million rows never become a million Python objects."""
     rec = records.get(run_id)
-    count = {s: sum(r.status == s for r in rows) for s in ("ok", "error", "skipped")}
-    rendered = [r for r in rows if r.status in ("ok", "skipped") and r.strengths]
-    per_op: dict[str, list[tuple[str, float]]] = {}
-    for r in rendered:
-        for op, v in zip(r.operators, r.strengths):
-            per_op.setdefault(op, []).append((r.image_id, float(v)))
-    stats = {op: _stats([v for _, v in vals]) for op, vals in per_op.items()}
-    ranges = parameter_ranges(rendered[0].model if rendered else None, list(per_op))
-    outliers = []
-    for op, vals in per_op.items():
-        st = stats[op]
-        lo, hi = ranges[op]
-        mid, half = (lo + hi) / 2, (hi - lo) / 2
-        for image_id, v in vals:
-            z = (v - st.mean) / st.std if st.std > 0 and st.n >= 5 else 0.0
-            saturated = abs(v - mid) >= SATURATED * half
-            if abs(z) >= OUTLIER_Z or saturated:
-                outliers.append({"image_id": image_id, "operator": op, "strength": round(v, 4),
-                                 "z": round(z, 2), "why": "saturated" if saturated else f"|z| >= {OUTLIER_Z}"})
-    models = sorted({f"{r.model} v{r.model_version}" for r in rows if r.model})
-    return RunAudit(run_id, rows[0].command, rows[0].parent_run_id, rec.started_at if rec else None,
-                    (rec.finished_at is not None) if rec else None, len({r.image_id for r in rows}),
-                    count["ok"], count["error"], count["skipped"], models,
-                    sorted({r.weights_sha256 for r in rows if r.weights_sha256}), stats, outliers)
+    status = t["status"]
+    count = {s: int(pc.sum(pc.equal(status, s)).as_py() or 0) for s in ("ok", "error", "skipped")}
+    rendered = t.filter(pc.and_(pc.is_in(status, pa.array(["ok", "skipped"])),
+                                pc.greater(pc.list_value_length(t["strengths"]), 0)))
+    stats, outliers = {}, []
+    if rendered.num_rows:
+        operators = rendered["operators"][0].as_py()
+        same = pc.equal(pc.list_value_length(rendered["strengths"]), len(operators))
+        rendered = rendered.filter(same)
+        values = pc.list_flatten(rendered["strengths"]).to_numpy(zero_copy_only=False).reshape(-1, len(operators))
+        for j, op in enumerate(operators):
+            v = values[:, j]
+            stats[op] = OperatorStats(len(v), round(float(v.mean()), 4),
+                                      round(float(v.std(ddof=1)) if len(v) > 1 else 0.0, 4),
+                                      round(float(v.min()), 4), round(float(v.max()), 4))
+        ranges = parameter_ranges(rendered["model"][0].as_py(), operators)
+        outliers = [o.to_dict() for o in outliers_of(rendered["image_id"].to_pylist(), operators, values, ranges)]
+    models = sorted(f"{r['model']} v{r['model_version']}" for r in
+                    t.select(["model", "model_version"]).group_by(["model", "model_version"]).aggregate([]).to_pylist()
+                    if r["model"])
+    weights = sorted(w for w in pc.unique(t["weights_sha256"]).to_pylist() if w)
+    return RunAudit(run_id, t["command"][0].as_py(), t["parent_run_id"][0].as_py(),
+                    rec.started_at if rec else None, (rec.finished_at is not None) if rec else None,
+                    int(pc.count_distinct(t["image_id"]).as_py()), count["ok"], count["error"], count["skipped"],
+                    models, weights, stats, outliers)
 
 
 def audit(ledger: str, verify: bool = False) -> AuditReport:
     ledger = os.path.abspath(ledger)
-    rows = read_ledger(ledger)
+    table = read_table(ledger, AUDIT_COLUMNS)
     records = {r.run_id: r for r in read_run_records(ledger)}
-    by_run: dict[str, list[LedgerRow]] = {}
-    for r in rows:
-        by_run.setdefault(r.run_id, []).append(r)
-    runs = [_audit_run(run_id, rs, records) for run_id, rs in by_run.items()]
+    runs = [_audit_run(run_id, table.filter(pc.equal(table["run_id"], run_id)), records)
+            for run_id in pc.unique(table["run_id"]).to_pylist()]
     runs.sort(key=lambda a: a.started_at or "")
-    report = AuditReport(ledger, len(rows), runs)
+    report = AuditReport(ledger, table.num_rows, runs)
     if verify:
-        _verify(rows, report)
+        _verify(read_ledger(ledger), report)
     return report
 
 

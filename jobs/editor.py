@@ -387,6 +387,9 @@ async function show() {
     input.addEventListener("input", () => { values[i] = +input.value; out.textContent = values[i].toFixed(3);
       lastInput = performance.now(); request(true); });
     input.addEventListener("change", () => { remember(); request(false); });
+    input.title = `double-click: ${p.default} (leaves the image as the operator found it)`;
+    input.addEventListener("dblclick", () => { input.value = p.default; values[i] = p.default;
+      out.textContent = (+p.default).toFixed(3); lastInput = performance.now(); remember(); request(false); });
     box.appendChild(d);
   });
   if (current.status === "error") { st.textContent = "this image failed; nothing to edit"; return; }

@@ -2,6 +2,7 @@
 
 Layout: ``<ledger>/run_id=<run>/part-<seq>-<uuid>.parquet``, one part file per flushed batch, never rewritten.
 A part file is written under a temporary name and renamed, so a reader never sees a truncated ``.parquet``.
+``compact`` merges a run's parts into one ``compact-<seq>-<uuid>.parquet`` that names the parts it replaces.
 ``run_id`` lives in the partition path only (pyarrow and DuckDB add it back when reading with hive partitioning).
 """
 from __future__ import annotations
@@ -21,6 +22,9 @@ import pyarrow.parquet as pq
 SCHEMA_VERSION = "1"
 STATUSES = ("ok", "error", "skipped")
 RUNS_DIR = "_runs"  # run records (JSON): settings, started/finished; not part of the Parquet dataset
+# a ledger is many small part files: pre-buffering each one's column chunks costs more than it saves
+# (3,000 parts of 33 rows: 7.9 s to read with it, 4.9 s without; benchmarks/ledger-scale.txt)
+PART_FORMAT = pads.ParquetFileFormat(default_fragment_scan_options=pads.ParquetFragmentScanOptions(pre_buffer=False))
 
 
 @dataclass
@@ -118,19 +122,44 @@ def rows_to_table(rows: list[LedgerRow]) -> pa.Table:
     return pa.table(cols, schema=SCHEMA)
 
 
-def read_ledger(root: str | os.PathLike) -> list[LedgerRow]:
-    """Every row of a ledger dataset (temporary and hidden files ignored), oldest first."""
+COMPACT_PREFIX = "compact-"
+REPLACES_KEY = b"replaces"  # a compacted file's key/value metadata: the names of the part files it holds
+
+
+def ledger_files(root: str | os.PathLike) -> list[Path]:
+    """The ledger's live part files: temporary and hidden files, and parts that a compacted file replaces (left
+    behind if compaction was interrupted before it removed them), are not part of it."""
+    files = sorted(p for p in Path(root).glob("run_id=*/*.parquet") if not p.name.startswith("."))
+    replaced = set()
+    for p in files:
+        if p.name.startswith(COMPACT_PREFIX):
+            names = json.loads((pq.read_schema(p).metadata or {}).get(REPLACES_KEY, b"[]"))
+            replaced.update(p.parent / n for n in names)
+    return [p for p in files if p not in replaced]
+
+
+def read_table(root: str | os.PathLike, columns: list[str] | None = None) -> pa.Table:
+    """The ledger as one Arrow table (``run_id`` included), only ``columns`` if given: for readers that summarize
+    millions of rows without making a Python object of each."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no ledger here (expected a folder of run_id=... partitions)")
-    files = sorted(str(p) for p in root.glob("run_id=*/*.parquet") if not p.name.startswith("."))
+    schema = SCHEMA.append(pa.field("run_id", pa.string()))
+    files = [str(p) for p in ledger_files(root)]
     if not files:
-        return []
-    # parts written before a column was added lack it: read them all under the union of their schemas
-    schema = pa.unify_schemas([pq.read_schema(f) for f in files] + [pa.schema([("run_id", pa.string())])])
-    dataset = pads.dataset(files, schema=schema, format="parquet", partitioning="hive",
+        return schema.empty_table().select(columns) if columns else schema.empty_table()
+    # parts written before a column was added lack it: read under today's schema, which fills it with nulls (and
+    # spares reading every footer twice, which dominates for tens of thousands of small parts)
+    dataset = pads.dataset(files, schema=schema, format=PART_FORMAT, partitioning="hive",
                            partition_base_dir=str(root))
-    table = dataset.to_table()
+    return dataset.to_table(columns=columns)
+
+
+def read_ledger(root: str | os.PathLike) -> list[LedgerRow]:
+    """Every row of a ledger dataset (temporary and hidden files ignored), oldest first."""
+    table = read_table(root)
+    if table.num_rows == 0:
+        return []
     names = {f.name for f in fields(LedgerRow)}
     rows = [LedgerRow(**{k: v for k, v in d.items() if k in names}) for d in table.to_pylist()]
     for r in rows:
@@ -139,6 +168,69 @@ def read_ledger(root: str | os.PathLike) -> list[LedgerRow]:
         r.strengths = list(r.strengths or [])
     rows.sort(key=lambda r: (r.created_at or datetime.min.replace(tzinfo=timezone.utc)))
     return rows
+
+
+@dataclass
+class Compaction:
+    run_id: str
+    parts: int  # live part files before
+    rows: int
+    file: str  # the one file that holds them now
+    orphans_removed: int = 0
+
+
+def compact(root: str | os.PathLike, log=print) -> list[Compaction]:
+    """Merge each run's part files into one file, without losing or changing a row.
+
+    The new file is written under a temporary name, fsynced, checked (row count) and renamed into place; it names the
+    parts it replaces in its metadata, so readers skip them from that moment. Only then are they removed. An
+    interrupted compaction leaves either nothing or replaced parts that readers ignore and the next one removes.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no ledger here (expected a folder of run_id=... partitions)")
+    done = []
+    live_all = set(ledger_files(root))
+    for d in sorted(p for p in root.glob("run_id=*") if p.is_dir()):
+        present = sorted(p for p in d.glob("*.parquet") if not p.name.startswith("."))
+        orphans = [p for p in present if p not in live_all]
+        for p in orphans:  # a former compaction's leftovers, already held by its file
+            p.unlink()
+        live = [p for p in present if p in live_all]
+        if len(live) < 2:
+            if orphans:
+                _fsync_dir(d)
+                done.append(Compaction(d.name.split("=", 1)[1], len(live), -1, str(live[0]) if live else "",
+                                       len(orphans)))
+            continue
+        table = pads.dataset([str(p) for p in live], schema=SCHEMA, format=PART_FORMAT).to_table()
+        meta = dict(SCHEMA.metadata or {})
+        meta[REPLACES_KEY] = json.dumps([p.name for p in live]).encode()
+        name = f"{COMPACT_PREFIX}{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
+        tmp = d / f".{name}.tmp"
+        pq.write_table(table.replace_schema_metadata(meta), tmp, compression="zstd")
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        if pq.read_metadata(tmp).num_rows != table.num_rows:
+            tmp.unlink()
+            raise RuntimeError(f"{d}: compacted file does not hold every row; nothing was changed")
+        os.replace(tmp, d / name)
+        _fsync_dir(d)  # the new file is durable before any part it replaces goes
+        for p in live:
+            p.unlink()
+        _fsync_dir(d)
+        c = Compaction(d.name.split("=", 1)[1], len(live), table.num_rows, str(d / name), len(orphans))
+        log(f"run {c.run_id}: {c.parts} part files -> 1 ({c.rows} rows)")
+        done.append(c)
+    return done
+
+
+def _fsync_dir(d: Path) -> None:
+    fd = os.open(d, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def latest_by_image(rows: list[LedgerRow], statuses: tuple[str, ...] = STATUSES) -> dict[str, LedgerRow]:

@@ -17,15 +17,13 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
-from pipeline.models import DEFAULT_RANGE, parameter_ranges
+from pipeline.models import parameter_ranges
 
+from .audit import find_outliers
 from .ledger import LedgerRow, read_ledger, read_run_records
 
 THUMB_LONG_SIDE = 112  # pixels: 10,000 images x 2 thumbnails stay under 60 MB (about 1.8 KB each)
 THUMB_QUALITY = 65
-RANGE_END = 0.02  # a strength within 2% of its range's end is flagged
-OUTLIER_Z = 3.5  # ... and one whose robust z-score (median and MAD of its run) is beyond this (Iglewicz-Hoaglin)
-MIN_IMAGES_FOR_Z = 5
 HISTOGRAM_BINS = 30
 ERRORS_SHOWN_OPEN = 10  # a longer error list starts folded
 
@@ -74,25 +72,12 @@ class Report:
 
 
 def outlier_flags(rows: list[LedgerRow], ranges: dict[str, tuple[float, float]]) -> dict[int, list[str]]:
-    """Index in ``rows`` -> why that image stands out among the run's ok images."""
+    """Index in ``rows`` -> why that image stands out among its run's (audit's definition of an outlier)."""
     flags: dict[int, list[str]] = {}
-    ok = [(i, r) for i, r in enumerate(rows) if r.status in ("ok", "skipped") and r.strengths]
-    if not ok:
-        return flags
-    operators = ok[0][1].operators
-    for j, op in enumerate(operators):
-        values = [r.strengths[j] for _, r in ok if len(r.strengths) > j]
-        low, high = ranges.get(op, DEFAULT_RANGE)
-        margin = RANGE_END * (high - low)
-        # median and MAD, not mean and deviation: the outliers themselves would inflate a standard deviation
-        centre = statistics.median(values)
-        scale = 1.4826 * statistics.median([abs(v - centre) for v in values]) if len(values) >= MIN_IMAGES_FOR_Z else 0
-        for i, r in ok:
-            v = r.strengths[j]
-            if v <= low + margin or v >= high - margin:
-                flags.setdefault(i, []).append(f"{op} at its range's end ({v:+.3g})")
-            elif scale > 1e-9 and abs(v - centre) / scale > OUTLIER_Z:
-                flags.setdefault(i, []).append(f"{op} far from the run's median (robust z = {(v - centre) / scale:+.1f})")
+    for o in find_outliers(rows, ranges):
+        why = (f"{o.operator} at its range's end ({o.strength:+.3g})" if o.why == "saturated"
+               else f"{o.operator} far from the run's median (robust z = {o.z:+.1f})")
+        flags.setdefault(o.index, []).append(why)
     return flags
 
 

@@ -146,9 +146,11 @@ def rerender_job(ledger: str, opts: JobOptions, set_ops: tuple[str, ...] = (), s
         rel = os.path.relpath(r.output_path, rec.out) if rec and rec.out and r.output_path else os.path.basename(
             r.output_path or r.source_path)
         rel = os.path.splitext(rel)[0] + OUTPUT_FORMATS[settings.output_format]
-        tasks.append(ImageTask(r.image_id, r.source_path, os.path.join(out, rel),
-                               strengths=edits.apply(r.image_id, operators, list(r.strengths)),
-                               parent_run_id=r.run_id, command="rerender", overwrite=True))
+        strengths = edits.apply(r.image_id, operators, list(r.strengths))
+        # unchanged strengths keep their run in the output's edit record: the re-render is then byte-identical
+        tasks.append(ImageTask(r.image_id, r.source_path, os.path.join(out, rel), strengths=strengths,
+                               parent_run_id=r.run_id, command="rerender", overwrite=True,
+                               strengths_run_id=_strengths_run(r) if strengths == list(r.strengths) else None))
     with OutputLock(out):
         remove_stale_temporaries(out)
         ledger_out = os.path.abspath(opts.ledger_dir)
@@ -158,6 +160,15 @@ def rerender_job(ledger: str, opts: JobOptions, set_ops: tuple[str, ...] = (), s
                         weights_sha256=loaded.weights_sha256, out=out)
         outcome = launch(tasks, loaded.weights_path, opts, rec, ledger_out, log)
     return JobResult(new_id, outcome, False, ledger_out, [])
+
+
+def _strengths_run(row: LedgerRow) -> str:
+    """The run whose strengths ``row`` holds: a run's own; for a skipped row or a re-render's, the run its output's
+    edit record names (the run that wrote the output it kept, or the one a re-render replayed unchanged)."""
+    if (row.command != "rerender" and row.status != "skipped") or not row.output_path:
+        return row.run_id
+    from pipeline.metadata import read_edit_run
+    return read_edit_run(row.output_path) or row.run_id
 
 
 def find_weights(explicit: str | None, sha: str, records: dict[str, RunRecord], model: str | None = None):

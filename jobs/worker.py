@@ -31,12 +31,14 @@ class RenderSettings:
 
     output_format: str = "tiff16"
     jpeg_quality: int = 95
-    strip_metadata: bool = False  # no source metadata and no edit record in the output (the sidecar stays)
+    strip_metadata: bool = False  # no source metadata and no edit record in the output (a sidecar stays)
     lut_size: int = DEFAULT_LUT_SIZE
     tiff_compression: str = DEFAULT_TIFF_COMPRESSION
     half_size: bool = False
     model_options: str = ""  # JSON of the model's run options (aesthetic: guide file and hash, search steps, lr)
-    xmp_sidecar: bool = True  # the edit as <output>.xmp beside each output
+    # the edit as <output>.xmp beside each output; opt-in: the output embeds it anyway, and a sidecar is a file in the
+    # output tree that no ledger row names
+    xmp_sidecar: bool = False
 
     @property
     def model_options_dict(self) -> dict:
@@ -62,6 +64,7 @@ class ImageTask:
     parent_run_id: str | None = None
     attempts: int = 1
     command: str = "run"
+    strengths_run_id: str | None = None  # rerender: the run whose row holds these very strengths (None: this run)
 
 
 @dataclass
@@ -145,9 +148,9 @@ class ImageProcessor:
         info = self.retoucher.info
         return EditRecord(model=info.model, model_version=str(info.model_version),
                           weights_sha256=self.retoucher.loaded.weights_sha256, operators=tuple(info.operators),
-                          strengths=tuple(strengths), run_id=self.config.run_id, image_id=task.image_id,
-                          source_sha256=source_sha, command=task.command, parent_run_id=task.parent_run_id,
-                          software=software())
+                          strengths=tuple(strengths), run_id=task.strengths_run_id or self.config.run_id,
+                          image_id=task.image_id, source_sha256=source_sha, render_run_id=self.config.run_id,
+                          command=task.command, parent_run_id=task.parent_run_id, software=software())
 
     def is_current(self, task: ImageTask, source_sha: str) -> bool:
         prev = task.previous

@@ -75,10 +75,12 @@ class MetadataError(Exception):
 
 @contextlib.contextmanager
 def _as_metadata_error(what: str):
-    import exiv2
+    """Any failure inside becomes a MetadataError: metadata never costs an image (the caller writes it without)."""
     try:
         yield
-    except (exiv2.Exiv2Error, ValueError, struct.error) as e:
+    except MemoryError:
+        raise
+    except Exception as e:
         raise MetadataError(f"{what}: {_exiv2_message(e)}") from None
 
 
@@ -106,43 +108,69 @@ def read_source(path: str) -> tuple[SourceMetadata | None, str | None]:
     try:
         image = exiv2.ImageFactory.open(path)
         image.readMetadata()
-    except exiv2.Exiv2Error as e:
+    except MemoryError:
+        raise
+    except Exception as e:  # exiv2's own errors, and anything else a damaged file provokes
         return None, f"metadata not copied: {_exiv2_message(e)}"
     return SourceMetadata(image), None
 
 
 def _exiv2_message(e: Exception) -> str:
+    """exiv2's errors carry (code, message); others their text."""
     args = getattr(e, "args", ())
-    msg = args[1] if len(args) > 1 else str(e)
+    msg = args[1] if len(args) > 1 and type(e).__name__ == "Exiv2Error" else str(e)
     return str(msg).splitlines()[0][:160] if msg else type(e).__name__
 
 
 @dataclass(frozen=True)
 class EditRecord:
-    """How an output was made: written into the output's XMP and its ``.xmp`` sidecar."""
+    """How an output was made: written into the output's XMP and its ``.xmp`` sidecar.
+
+    The output embeds the edit itself (retoucher, weights, strengths, image, source, and ``run_id``: the ledger run
+    whose strengths these are), which is the same for a re-render with unchanged strengths, so that such a re-render
+    stays byte-identical. The sidecar adds which run wrote the file and how (``render_run_id``, ``command``,
+    ``parent_run_id``).
+    """
     model: str
     model_version: str
     weights_sha256: str
     operators: tuple[str, ...]
     strengths: tuple[float, ...]
-    run_id: str
+    run_id: str  # the run that predicted these strengths, or last changed them
     image_id: str
     source_sha256: str
+    render_run_id: str = ""  # the run that wrote this output
     command: str = "run"
     parent_run_id: str | None = None
     software: str = "retouch-batch"
 
-    def properties(self) -> dict[str, str | list[str]]:
+    def properties(self, sidecar: bool = False) -> dict[str, str | list[str]]:
         """XMP property name -> text, or a list for an ordered array (operators and strengths pair by position).
         The retoucher is "Retoucher", not "Model", which readers would confuse with the camera model."""
         props: dict[str, str | list[str]] = {
             "Retoucher": self.model, "RetoucherVersion": self.model_version, "WeightsSHA256": self.weights_sha256,
             "Operators": list(self.operators), "Strengths": [repr(float(s)) for s in self.strengths],
             "RunID": self.run_id, "ImageID": self.image_id, "SourceSHA256": self.source_sha256,
-            "Command": self.command, "Software": self.software}
-        if self.parent_run_id:
-            props["ParentRunID"] = self.parent_run_id
+            "Software": self.software}
+        if sidecar:
+            props["RenderRunID"] = self.render_run_id or self.run_id
+            props["Command"] = self.command
+            if self.parent_run_id:
+                props["ParentRunID"] = self.parent_run_id
         return props
+
+
+def read_edit_run(path: str) -> str | None:
+    """The ``RunID`` of the edit record an output embeds, or None (no such file or record)."""
+    exiv2 = _exiv2()
+    try:
+        image = exiv2.ImageFactory.open(path)
+        image.readMetadata()
+        xmp = image.xmpData()
+        it = xmp.findKey(exiv2.XmpKey(f"Xmp.{XMP_PREFIX}.RunID"))
+        return None if it == xmp.end() else str(it.toString())
+    except Exception:  # missing or unreadable: the caller falls back to the ledger's run
+        return None
 
 
 # ------------------------------------------------------------------------------------------ what goes out
@@ -235,8 +263,10 @@ def maker_lens_name(exif) -> str | None:
     return None
 
 
-def output_xmp(source: SourceMetadata | None, edit: EditRecord | None, width: int, height: int, software: str):
-    """The output's XMP: the source's, less what describes the source file or an edit of it, plus the edit."""
+def output_xmp(source: SourceMetadata | None, edit: EditRecord | None, width: int, height: int, software: str,
+               sidecar: bool = False):
+    """The output's XMP (or its sidecar's): the source's, less what describes the source file or an edit of it, plus
+    the edit."""
     exiv2 = _exiv2()
     out = exiv2.XmpData()
     if source is not None:
@@ -251,7 +281,7 @@ def output_xmp(source: SourceMetadata | None, edit: EditRecord | None, width: in
     if source is not None or edit is not None:
         out["Xmp.xmp.CreatorTool"] = software
     if edit is not None:
-        for name, value in edit.properties().items():
+        for name, value in edit.properties(sidecar).items():
             key = exiv2.XmpKey(f"Xmp.{XMP_PREFIX}.{name}")
             if isinstance(value, list):
                 seq = exiv2.XmpArrayValue(exiv2.TypeId.xmpSeq)
@@ -280,7 +310,7 @@ def xmp_packet(xmp, sidecar: bool = False) -> str:
 def sidecar_text(source: SourceMetadata | None, edit: EditRecord, width: int, height: int) -> str:
     """The ``<output>.xmp`` sidecar: the output's XMP (the source's, and the edit) as an XMP document."""
     with _as_metadata_error("sidecar not written"):
-        return xmp_packet(output_xmp(source, edit, width, height, software()), sidecar=True)
+        return xmp_packet(output_xmp(source, edit, width, height, software(), sidecar=True), sidecar=True)
 
 
 @dataclass

@@ -131,6 +131,6 @@ def output_pixels(path) -> np.ndarray:
 
 
 def same_pixels(a, b) -> bool:
-    """Two outputs hold the same image. Their bytes differ whenever their embedded edit records name different runs,
-    so re-rendering with unchanged strengths is checked on the pixels."""
+    """Two outputs hold the same image. Outputs of two separate runs differ in bytes (their embedded edit records name
+    different runs), so they are compared on their pixels."""
     return np.array_equal(output_pixels(a), output_pixels(b))

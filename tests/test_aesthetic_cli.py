@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from cli import main
 from pipeline import filters
 
-from conftest import ledger_rows, need_shared, rerender_ledger, run_three_formats, same_pixels
+from conftest import ledger_rows, need_shared, rerender_ledger, run_three_formats
 
 
 @pytest.fixture(scope="module")
@@ -40,10 +40,10 @@ def test_rerender_set_contrast_zero_removes_only_the_contrast(aesthetic_run):
             assert sa == (0.0 if op == "contrast" else pytest.approx(sb, abs=1e-9)), op
 
 
-def test_unchanged_rerender_gives_the_same_pixels(aesthetic_run):
+def test_unchanged_rerender_is_byte_identical(aesthetic_run):
     d, out = aesthetic_run
     before, after = rerender_ledger(out, d / "same")
-    assert after and all(same_pixels(after[k].output_path, before[k].output_path) for k in after)
+    assert after and all(after[k].output_sha256 == before[k].output_sha256 for k in after)
 
 
 def test_search_settings_are_run_options_and_recorded(aesthetic_run, tmp_path):

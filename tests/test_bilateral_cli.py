@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from cli import main
 
-from conftest import ledger_rows, rerender_ledger, run_three_formats, same_pixels
+from conftest import ledger_rows, rerender_ledger, run_three_formats
 
 
 @pytest.fixture(scope="module")
@@ -43,10 +43,10 @@ def test_rerender_shift_wb_warms_and_leaves_the_other_strengths(bilateral_run):
         assert _red_over_blue(a.output_path) > _red_over_blue(b.output_path)
 
 
-def test_unchanged_rerender_gives_the_same_pixels(bilateral_run):
+def test_unchanged_rerender_is_byte_identical(bilateral_run):
     d, out = bilateral_run
     before, after = rerender_ledger(out, d / "same")
-    assert after and all(same_pixels(after[k].output_path, before[k].output_path) for k in after)
+    assert after and all(after[k].output_sha256 == before[k].output_sha256 for k in after)
 
 
 def test_audit_reports_every_bilateral_operator(bilateral_run):

@@ -92,7 +92,8 @@ def rendered(request, tmp_path_factory):
     """Every source of SOURCES rendered into one format, by the worker code the Ray actors run."""
     fmt = request.param
     out = tmp_path_factory.mktemp(f"meta-{fmt}")
-    proc = ImageProcessor(WorkerConfig(weights=None, settings=RenderSettings(output_format=fmt, half_size=True),
+    proc = ImageProcessor(WorkerConfig(weights=None, settings=RenderSettings(output_format=fmt, half_size=True,
+                                                                            xmp_sidecar=True),
                                        run_id="run-test"))
     rows = {}
     for parts in SOURCES:
@@ -171,7 +172,7 @@ def test_iptc_xmp_and_gps_are_kept_and_source_edits_dropped(tagged_jpeg, tmp_pat
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_strip_metadata_leaves_only_the_colour_profile(tagged_jpeg, tmp_path, fmt):
     proc = ImageProcessor(WorkerConfig(weights=None, settings=RenderSettings(output_format=fmt,
-                                                                            strip_metadata=True)))
+                                                                            strip_metadata=True, xmp_sidecar=True)))
     row = proc.process(ImageTask("t", str(tagged_jpeg), str(tmp_path / ("t" + OUTPUT_FORMATS[fmt]))))
     assert row.status == "ok", row.error
     tags = exiftool("-EXIF:all", "-IPTC:all", "-XMP:all", "-GPS:all", "-MakerNotes:all", row.output_path)[0]
@@ -181,6 +182,13 @@ def test_strip_metadata_leaves_only_the_colour_profile(tagged_jpeg, tmp_path, fm
     sidecar = exiftool(row.output_path + ".xmp")[0]  # the edit still travels beside the output, nothing else
     assert edit_of(sidecar) == (row.operators, row.strengths)
     assert "XMP-dc:Subject" not in sidecar
+
+
+def test_the_sidecar_is_opt_in(tmp_path):
+    src = need_shared("data", "photos", "Storm.jpg")
+    row = ImageProcessor(WorkerConfig(weights=None)).process(ImageTask("s", str(src), str(tmp_path / "s.tif")))
+    assert row.status == "ok" and not os.path.exists(row.output_path + ".xmp")
+    assert edit_of(exiftool(row.output_path)[0]) == (row.operators, row.strengths)  # the output carries the edit
 
 
 def test_unreadable_metadata_is_a_warning_and_the_image_is_rendered(tmp_path):
@@ -204,8 +212,8 @@ def test_rerender_updates_the_embedded_edit_and_the_sidecar(tmp_path, ray_cluste
                         f"{need_shared('data', 'raw', 'good', 'tinydng_colorchart.dng')}\n")
     out, again = tmp_path / "out", tmp_path / "again"
     runner = CliRunner()
-    r = runner.invoke(main, ["run", str(manifest), "--out", str(out), "--format", "jpeg", "--workers", "1",
-                             "--no-progress"])
+    r = runner.invoke(main, ["run", str(manifest), "--out", str(out), "--format", "jpeg", "--xmp-sidecar",
+                             "--workers", "1", "--no-progress"])
     assert r.exit_code == 0, r.output
     first = {x.image_id: x for x in read_ledger(out / "ledger")}
     r = runner.invoke(main, ["rerender", str(out / "ledger"), "--out", str(again), "--shift", "ex=+0.2",
@@ -218,10 +226,21 @@ def test_rerender_updates_the_embedded_edit_and_the_sidecar(tmp_path, ray_cluste
         embedded, sidecar = exiftool(row.output_path, row.output_path + ".xmp")
         for tags in (embedded, sidecar):
             assert edit_of(tags) == (row.operators, row.strengths)
-            assert tags["XMP-retouch:Command"] == "rerender"
-            assert tags["XMP-retouch:ParentRunID"] == before.run_id
-            assert tags["XMP-retouch:RunID"] == row.run_id != before.run_id
+            assert tags["XMP-retouch:RunID"] == row.run_id != before.run_id  # the run that set these strengths
+        assert sidecar["XMP-retouch:Command"] == "rerender" and sidecar["XMP-retouch:ParentRunID"] == before.run_id
+        assert sidecar["XMP-retouch:RenderRunID"] == row.run_id
+        assert "XMP-retouch:Command" not in embedded  # the file holds the edit, not the job that wrote it
         assert row.strengths[1] == pytest.approx(before.strengths[1] + 0.2)
     storm = next(r for k, r in second.items() if k.endswith("Storm.jpg"))
     assert exiftool(storm.output_path)[0]["IFD0:Model"] == "Canon EOS 400D DIGITAL"
     assert os.path.isfile(first[storm.image_id].output_path + ".xmp")
+    # unchanged strengths, twice over (a re-render of the re-render): the same bytes as the first run's outputs
+    same, same2 = tmp_path / "same", tmp_path / "same2"
+    assert runner.invoke(main, ["rerender", str(out / "ledger"), "--out", str(same), "--workers", "1",
+                                "--no-progress"]).exit_code == 0
+    assert runner.invoke(main, ["rerender", str(same / "ledger"), "--out", str(same2), "--no-progress"]).exit_code == 0
+    for image_id, row in first.items():
+        for folder in (same, same2):
+            again_row = next(x for x in read_ledger(folder / "ledger") if x.image_id == image_id)
+            assert again_row.output_sha256 == row.output_sha256, (folder.name, image_id)
+            assert exiftool(again_row.output_path + ".xmp")[0]["XMP-retouch:RenderRunID"] == again_row.run_id
