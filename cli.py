@@ -117,7 +117,7 @@ def _summary(result, start_note: str = "") -> None:
         click.echo(f"failed: {e}", err=True)
     for w in o.warnings or []:
         click.echo(f"warning: {w}", err=True)
-    startup = f" after {o.startup_seconds:.1f} s worker start-up" if o.startup_seconds else ""
+    startup = f" after {o.startup_seconds:.1f} s worker start-up" if o.startup_seconds >= 0.05 else ""
     click.echo(f"{o.images} images: {o.ok} ok, {o.error} failed, {o.skipped} skipped in {o.seconds:.1f} s "
                f"({rate:.2f} images/s){startup}{start_note}; run {result.run_id}, ledger {result.ledger}")
     if o.worker_restarts:
