@@ -89,10 +89,7 @@ def execute(tasks: list[ImageTask], config: WorkerConfig, placement, writer: Led
     first_ready = None
 
     def emit(row: LedgerRow) -> None:
-        if record is None or record(row):
-            writer.add(row)
-        outcome.count(row)
-        progress.update(row.status)
+        _emit(row, writer, outcome, progress, record)
 
     def dispatch() -> None:
         for i in sorted(ready):
@@ -199,10 +196,7 @@ def execute_local(tasks: list[ImageTask], config: WorkerConfig, writer: LedgerWr
                     row = f.result()
                 except Exception as e:  # an error that escaped the per-image guard: still one row
                     row = _error_row(task, cfg, f"internal error {type(e).__name__}: {_first_line(e)}")
-                if record is None or record(row):
-                    writer.add(row)
-                outcome.count(row)
-                progress.update(row.status)
+                _emit(row, writer, outcome, progress, record)
     except KeyboardInterrupt:
         pool.shutdown(wait=False, cancel_futures=True)  # images in progress finish; their rows are not awaited
         raise JobInterrupted(outcome.images, len(tasks)) from None
@@ -211,6 +205,15 @@ def execute_local(tasks: list[ImageTask], config: WorkerConfig, writer: LedgerWr
     pool.shutdown()
     outcome.seconds = time.monotonic() - progress.start
     return outcome
+
+
+def _emit(row: LedgerRow, writer: LedgerWriter, outcome: Outcome, progress: Progress,
+          record: Callable[[LedgerRow], bool] | None) -> None:
+    """A finished image: into the ledger (unless ``record`` declines it), the counts and the progress bar."""
+    if record is None or record(row):
+        writer.add(row)
+    outcome.count(row)
+    progress.update(row.status)
 
 
 def _first_line(e: Exception) -> str:

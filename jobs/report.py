@@ -130,6 +130,7 @@ def build_report(ledger: str, run_id: str | None = None, threads: int | None = N
     for r in rows:
         by_run.setdefault(r.run_id, []).append(r)
     runs, cards = [], []
+    paths: list[tuple[str, str | None]] = []  # each card's source and output
     for rid, run_rows in by_run.items():
         rec = records.get(rid)
         model_row = next((r for r in run_rows if r.operators), run_rows[0])
@@ -154,11 +155,9 @@ def build_report(ledger: str, run_id: str | None = None, threads: int | None = N
         for i, r in enumerate(run_rows):
             cards.append(Card(r.image_id, rid, r.status, list(r.operators), [round(s, 4) for s in r.strengths],
                               r.seconds, r.error, r.warning, flags.get(i, [])))
+            paths.append((r.source_path, r.output_path if r.status in ("ok", "skipped") else None))
     # thumbnails: decoders release the GIL, so threads keep the cores busy; one per distinct file
-    paths = {}
-    for card, r in zip(cards, (r for rows_ in by_run.values() for r in rows_)):
-        paths[id(card)] = (r.source_path, r.output_path if r.status in ("ok", "skipped") else None)
-    distinct = sorted({p for pair in paths.values() for p in pair if p})
+    distinct = sorted({p for pair in paths for p in pair if p})
     done = 0
     thumbs: dict[str, str | None] = {}
     with ThreadPoolExecutor(max_workers=threads or os.cpu_count() or 1) as pool:
@@ -167,8 +166,7 @@ def build_report(ledger: str, run_id: str | None = None, threads: int | None = N
             done += 1
             if progress is not None:
                 progress(done, len(distinct))
-    for card in cards:
-        before, after = paths[id(card)]
+    for card, (before, after) in zip(cards, paths):
         card.before, card.after = thumbs.get(before), thumbs.get(after) if after else None
     return Report(ledger, runs, cards)
 

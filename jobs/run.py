@@ -142,19 +142,13 @@ def launch(tasks: list[ImageTask], weights_path: str, opts: JobOptions, rec: Run
         rec.finished_at = now().isoformat()
         write_run_record(ledger_dir, rec)
         return Outcome()
-    if in_process(opts, len(tasks)):
-        return _launch_local(tasks, weights_path, opts, rec, ledger_dir, log, record)
-    cluster.connect(opts.address)
-    placement = cluster.plan(opts.workers, opts.device, opts.cpus_per_worker, opts.images_per_worker)
-    held = f", {placement.images_per_worker} images at once" if placement.images_per_worker > 1 else ""
-    log(f"{rec.command} {rec.run_id}: {len(tasks)} images on {placement.workers} {placement.device} worker(s)"
-        f" x {placement.threads_per_worker} thread(s){held}"
-        f" -> {rec.out}")
+    choose = _local_executor if in_process(opts, len(tasks)) else _ray_executor
+    run = choose(opts, rec, len(tasks), log)
     writer = LedgerWriter(ledger_dir, rec.run_id)
     config = WorkerConfig(weights=weights_path, settings=opts.settings, max_pixels=opts.max_pixels, run_id=rec.run_id)
     progress = Progress(len(tasks), enabled=opts.progress)
     try:
-        outcome = execute(tasks, config, placement, writer, progress, opts.max_attempts, record)
+        outcome = run(tasks, config, writer, progress, record)
     finally:
         progress.close()
     rec.finished_at = now().isoformat()
@@ -162,21 +156,26 @@ def launch(tasks: list[ImageTask], weights_path: str, opts: JobOptions, rec: Run
     return outcome
 
 
-def _launch_local(tasks, weights_path, opts: JobOptions, rec: RunRecord, ledger_dir: str, log, record) -> Outcome:
+def _ray_executor(opts: JobOptions, rec: RunRecord, images: int, log):
+    """Start or join Ray, place the workers, and say so; the executor that runs tasks on them."""
+    cluster.connect(opts.address)
+    placement = cluster.plan(opts.workers, opts.device, opts.cpus_per_worker, opts.images_per_worker)
+    held = f", {placement.images_per_worker} images at once" if placement.images_per_worker > 1 else ""
+    log(f"{rec.command} {rec.run_id}: {images} images on {placement.workers} {placement.device} worker(s)"
+        f" x {placement.threads_per_worker} thread(s){held}"
+        f" -> {rec.out}")
+    return lambda tasks, config, writer, progress, record: execute(tasks, config, placement, writer, progress,
+                                                                   opts.max_attempts, record)
+
+
+def _local_executor(opts: JobOptions, rec: RunRecord, images: int, log):
+    """Choose this process's device and threads, and say so; the executor that runs tasks here."""
     import torch
     if opts.device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda, but this machine has no CUDA GPU")
     device = "cuda" if opts.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
     threads = os.cpu_count() or 1
-    log(f"{rec.command} {rec.run_id}: {len(tasks)} images in this process ({device}, {threads} thread(s); "
+    log(f"{rec.command} {rec.run_id}: {images} images in this process ({device}, {threads} thread(s); "
         f"jobs over {LOCAL_MAX_IMAGES} images, --workers or --address use Ray) -> {rec.out}")
-    writer = LedgerWriter(ledger_dir, rec.run_id)
-    config = WorkerConfig(weights=weights_path, settings=opts.settings, max_pixels=opts.max_pixels, run_id=rec.run_id)
-    progress = Progress(len(tasks), enabled=opts.progress)
-    try:
-        outcome = execute_local(tasks, config, writer, progress, threads, device, record)
-    finally:
-        progress.close()
-    rec.finished_at = now().isoformat()
-    write_run_record(ledger_dir, rec)
-    return outcome
+    return lambda tasks, config, writer, progress, record: execute_local(tasks, config, writer, progress, threads,
+                                                                         device, record)

@@ -332,17 +332,21 @@ class OutputMetadata:
 
 def embed(encoded: bytes, meta: OutputMetadata) -> bytes:
     """A JPEG or PNG file's bytes with ``meta`` written in by exiv2 (which keeps the encoder's ICC profile)."""
-    exiv2 = _exiv2()
     with _as_metadata_error("metadata not written"):
-        image = exiv2.ImageFactory.open(encoded)
-        image.readMetadata()
-        image.setExifData(meta.exif)
-        if meta.iptc is not None:
-            image.setIptcData(meta.iptc)
-        image.setXmpData(meta.xmp)
-        image.writeMetadata()
-        with image.io().mmap() as data:
-            return bytes(data)
+        return _written_by_exiv2(encoded, meta)
+
+
+def _written_by_exiv2(encoded: bytes, meta: OutputMetadata) -> bytes:
+    """An image file's bytes with ``meta`` written in by exiv2, in memory."""
+    image = _exiv2().ImageFactory.open(encoded)
+    image.readMetadata()
+    image.setExifData(meta.exif)
+    if meta.iptc is not None:
+        image.setIptcData(meta.iptc)
+    image.setXmpData(meta.xmp)
+    image.writeMetadata()
+    with image.io().mmap() as data:
+        return bytes(data)
 
 
 # ------------------------------------------------------------------------------------------ 16-bit TIFF outputs
@@ -449,18 +453,9 @@ def _tiny_tiff_with(meta: OutputMetadata) -> bytes:
     """A 1-pixel TIFF into which exiv2 encoded ``meta``: every tag in its file form, read back by ``read_ifd``."""
     import numpy as np
     import tifffile
-    exiv2 = _exiv2()
     buf = io.BytesIO()
     tifffile.imwrite(buf, np.zeros((1, 1), np.uint8), metadata=None, software=False, byteorder="<")
-    image = exiv2.ImageFactory.open(buf.getvalue())
-    image.readMetadata()
-    image.setExifData(meta.exif)
-    if meta.iptc is not None:
-        image.setIptcData(meta.iptc)
-    image.setXmpData(meta.xmp)
-    image.writeMetadata()
-    with image.io().mmap() as data:
-        out = bytes(data)
+    out = _written_by_exiv2(buf.getvalue(), meta)
     if out[:4] != b"II*\x00":  # exiv2 keeps the byte order it found
         raise ValueError("unexpected TIFF byte order from exiv2")
     return out
