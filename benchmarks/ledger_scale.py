@@ -20,11 +20,12 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def build(root: Path, rows: int, parts: int, run_id: str = "20261203T000000-bench") -> None:
-    """The rows of one run, written as ``parts`` part files the way LedgerWriter writes them."""
+def build(root: Path, rows: int, parts: int, run_id: str = "20261203T000000-bench", ids: list[str] | None = None
+          ) -> None:
+    """The rows of one run (image ids ``ids``), written as ``parts`` part files the way LedgerWriter writes them."""
     from jobs.ledger import SCHEMA
     rng = np.random.default_rng(0)
-    ids = [f"archive/{i:08d}.dng" for i in range(rows)]
+    ids = ids or [f"archive/{i:08d}.dng" for i in range(rows)]
     strengths = rng.normal(0, 0.25, (rows, 3)).clip(-1, 1)
     now = np.datetime64("2026-12-03T00:00:00", "us") + np.arange(rows).astype("timedelta64[ms]")
     table = pa.table({

@@ -5,7 +5,7 @@ from __future__ import annotations
 import collections
 import time
 from dataclasses import dataclass, replace
-from typing import Callable
+from collections.abc import Iterable
 
 from .ledger import LedgerRow, LedgerWriter, now
 from .progress import Progress
@@ -52,17 +52,61 @@ class _Worker:
         self.processor = ImageProcessor(config)
         self.processor.retoucher.warm_up()
 
-    def process(self, task: ImageTask) -> LedgerRow:
-        return self.processor.process(task)
+    def process_many(self, tasks: list[ImageTask]) -> list[LedgerRow]:
+        return [self.processor.process(t) for t in tasks]
 
     def ready(self) -> bool:
         return True
 
 
-def execute(tasks: list[ImageTask], config: WorkerConfig, placement, writer: LedgerWriter,
-            progress: Progress, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
-            record: Callable[[LedgerRow], bool] | None = None) -> Outcome:
-    """Process every task exactly once into the ledger (``record(row)`` decides whether a row is written)."""
+class _Feed:
+    """Tasks in order from a lazy iterable (a manifest read a batch at a time), retried ones first."""
+
+    def __init__(self, tasks: Iterable[ImageTask]):
+        self._tasks = iter(tasks)
+        self._retry: collections.deque[ImageTask] = collections.deque()
+        self._next = next(self._tasks, None)
+
+    def __bool__(self) -> bool:
+        return bool(self._retry) or self._next is not None
+
+    def pop(self) -> ImageTask:
+        if self._retry:
+            return self._retry.popleft()
+        task, self._next = self._next, next(self._tasks, None)
+        return task
+
+    def retry(self, task: ImageTask) -> None:
+        self._retry.appendleft(task)
+
+
+CALL_SECONDS = 0.25  # the work one call to a worker carries, once images are known to be quick
+MAX_IMAGES_PER_CALL = 64
+
+
+class _Pace:
+    """How many images go to a worker in one call: one while images take longer than CALL_SECONDS (a RAW, a big
+    TIFF), more for quick ones (web-size JPEGs, skips), so that the driver's ~1 ms per call (BENCHMARKS.md) stays
+    small beside the work it hands out."""
+
+    def __init__(self) -> None:
+        self.seconds: float | None = None  # moving average of an image's seconds in a worker
+
+    def update(self, rows: list[LedgerRow]) -> None:
+        for r in rows:
+            if r.seconds is not None:
+                self.seconds = r.seconds if self.seconds is None else 0.8 * self.seconds + 0.2 * r.seconds
+
+    @property
+    def images(self) -> int:
+        if self.seconds is None:
+            return 1
+        return max(1, min(MAX_IMAGES_PER_CALL, int(CALL_SECONDS / max(self.seconds, 1e-4))))
+
+
+def execute(tasks: Iterable[ImageTask], total: int, config: WorkerConfig, placement, writer: LedgerWriter,
+            progress: Progress, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> Outcome:
+    """Process every task exactly once into the ledger; tasks are drawn from ``tasks`` only as workers free up."""
     import ray
     from ray.exceptions import ObjectLostError, RayActorError, WorkerCrashedError
 
@@ -75,28 +119,31 @@ def execute(tasks: list[ImageTask], config: WorkerConfig, placement, writer: Led
     cfg = replace(config, device=placement.device, threads=placement.threads_per_worker, images=images)
     outcome = Outcome()
     start = time.monotonic()
-    queue = collections.deque(tasks)
-    n_workers = max(1, min(placement.workers, len(tasks)))
+    queue = _Feed(tasks)
+    n_workers = max(1, min(placement.workers, total))
     actors = [actor_cls.remote(cfg) for _ in range(n_workers)]
     # work goes only to actors that have started: one that cannot be placed (a lost node, too few CPUs left)
     # waits without holding images, and the others carry on
     starting: dict = {a.ready.remote(): i for i, a in enumerate(actors)}
     ready: set[int] = set()
-    in_flight: dict = {}  # object ref -> (actor index, task)
+    in_flight: dict = {}  # object ref -> (actor index, [tasks])
+    pace = _Pace()
     load: list[int] = [0] * n_workers
     last_progress = time.monotonic()
     start_failures = 0
     first_ready = None
 
     def emit(row: LedgerRow) -> None:
-        _emit(row, writer, outcome, progress, record)
+        _emit(row, writer, outcome, progress)
 
     def dispatch() -> None:
         for i in sorted(ready):
             while queue and load[i] < images + QUEUED_PER_WORKER:
-                task = queue.popleft()
-                ref = actors[i].process.remote(task)
-                in_flight[ref] = (i, task)
+                batch = [queue.pop()]
+                while queue and len(batch) < pace.images:
+                    batch.append(queue.pop())
+                ref = actors[i].process_many.remote(batch)
+                in_flight[ref] = (i, batch)
                 load[i] += 1
 
     def replace_actor(i: int) -> None:
@@ -111,21 +158,24 @@ def execute(tasks: list[ImageTask], config: WorkerConfig, placement, writer: Led
         starting[actors[i].ready.remote()] = i
         outcome.worker_restarts += 1
 
-    def fail_task(i: int, task: ImageTask, e: Exception) -> None:
+    def fail_task(i: int, batch: list[ImageTask], e: Exception) -> None:
         """The worker died: every image it held is retried elsewhere, a bounded number of times."""
         dead = [r for r, (j, _) in in_flight.items() if j == i]
-        retry = [task] + [in_flight.pop(r)[1] for r in dead]
+        retry = batch + [t for r in dead for t in in_flight.pop(r)[1]]
         load[i] = 0
         replace_actor(i)
         for t in retry:
             if t.attempts >= max_attempts:
                 emit(_died_row(t, cfg, e))
             else:
-                queue.appendleft(replace(t, attempts=t.attempts + 1))
+                queue.retry(replace(t, attempts=t.attempts + 1))
 
     try:
         while in_flight or queue:
-            done, _ = ray.wait(list(in_flight) + list(starting), num_returns=1, timeout=1.0)
+            refs = list(in_flight) + list(starting)
+            done, _ = ray.wait(refs, num_returns=1, timeout=1.0)
+            if done and len(refs) > 1:  # whatever else is ready too: one scan of the refs for many results
+                done, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
             for ref in done:
                 if ref in starting:
                     i = starting.pop(ref)
@@ -142,24 +192,28 @@ def execute(tasks: list[ImageTask], config: WorkerConfig, placement, writer: Led
                             raise RuntimeError(f"Ray workers fail to start: {_first_line(e)}") from None
                         replace_actor(i)
                     continue
-                i, task = in_flight.pop(ref)
+                if ref not in in_flight:  # its worker died earlier in this round: its images are queued again
+                    continue
+                i, batch = in_flight.pop(ref)
                 load[i] -= 1
                 last_progress = time.monotonic()
                 try:
-                    row = ray.get(ref)
+                    rows = ray.get(ref)
                 except (RayActorError, WorkerCrashedError, ObjectLostError) as e:
-                    fail_task(i, task, e)
+                    fail_task(i, batch, e)
                     continue
-                except Exception as e:  # an error that escaped the per-image guard: still one row
-                    row = _error_row(task, cfg, f"internal error {type(e).__name__}: {_first_line(e)}")
-                emit(row)
+                except Exception as e:  # an error that escaped the per-image guard: still one row per image
+                    rows = [_error_row(t, cfg, f"internal error {type(e).__name__}: {_first_line(e)}") for t in batch]
+                pace.update(rows)
+                for row in rows:
+                    emit(row)
             dispatch()
             if not ready and not in_flight and time.monotonic() - last_progress > START_TIMEOUT_S:
                 raise RuntimeError(f"no Ray worker could start within {START_TIMEOUT_S} s (the cluster has "
                                    f"{ray.cluster_resources()} but each worker asks for {placement.cpus_per_worker} "
                                    f"CPU and {placement.gpus_per_worker} GPU)")
     except KeyboardInterrupt:
-        raise JobInterrupted(outcome.images, len(tasks)) from None
+        raise JobInterrupted(outcome.images, total) from None
     finally:
         writer.flush()  # whatever happened, every finished image reaches the ledger
         for a in actors:
@@ -171,14 +225,14 @@ def execute(tasks: list[ImageTask], config: WorkerConfig, placement, writer: Led
     return outcome
 
 
-def execute_local(tasks: list[ImageTask], config: WorkerConfig, writer: LedgerWriter, progress: Progress,
-                  threads: int, device: str = "cpu", record: Callable[[LedgerRow], bool] | None = None) -> Outcome:
+def execute_local(tasks: Iterable[ImageTask], total: int, config: WorkerConfig, writer: LedgerWriter,
+                  progress: Progress, threads: int, device: str = "cpu") -> Outcome:
     """The same worker code in this process, for jobs too small to be worth starting Ray: one ImageProcessor that
     holds up to ``threads`` images at once (they decode and encode side by side; the model stage takes one at a
     time with every thread), writing the same ledger rows."""
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
-    images = max(1, min(threads, len(tasks)))
+    images = max(1, min(threads, total))
     cfg = replace(config, device=device, threads=threads, images=images)
     outcome = Outcome()
     start = time.monotonic()
@@ -186,8 +240,17 @@ def execute_local(tasks: list[ImageTask], config: WorkerConfig, writer: LedgerWr
     outcome.startup_seconds = time.monotonic() - start
     progress.start = time.monotonic()
     pool = ThreadPoolExecutor(max_workers=images, thread_name_prefix="image")
+    feed = iter(tasks)
+    pending: dict = {}
+
+    def top_up() -> None:  # a few images queued beyond those in progress, never the whole job
+        while len(pending) < images + QUEUED_PER_WORKER:
+            task = next(feed, None)
+            if task is None:
+                return
+            pending[pool.submit(processor.process, task)] = task
     try:
-        pending = {pool.submit(processor.process, t): t for t in tasks}
+        top_up()
         while pending:
             done, _ = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
             for f in done:
@@ -196,10 +259,11 @@ def execute_local(tasks: list[ImageTask], config: WorkerConfig, writer: LedgerWr
                     row = f.result()
                 except Exception as e:  # an error that escaped the per-image guard: still one row
                     row = _error_row(task, cfg, f"internal error {type(e).__name__}: {_first_line(e)}")
-                _emit(row, writer, outcome, progress, record)
+                _emit(row, writer, outcome, progress)
+            top_up()
     except KeyboardInterrupt:
         pool.shutdown(wait=False, cancel_futures=True)  # images in progress finish; their rows are not awaited
-        raise JobInterrupted(outcome.images, len(tasks)) from None
+        raise JobInterrupted(outcome.images, total) from None
     finally:
         writer.flush()
     pool.shutdown()
@@ -207,11 +271,9 @@ def execute_local(tasks: list[ImageTask], config: WorkerConfig, writer: LedgerWr
     return outcome
 
 
-def _emit(row: LedgerRow, writer: LedgerWriter, outcome: Outcome, progress: Progress,
-          record: Callable[[LedgerRow], bool] | None) -> None:
-    """A finished image: into the ledger (unless ``record`` declines it), the counts and the progress bar."""
-    if record is None or record(row):
-        writer.add(row)
+def _emit(row: LedgerRow, writer: LedgerWriter, outcome: Outcome, progress: Progress) -> None:
+    """A finished image: into the ledger, the counts and the progress bar."""
+    writer.add(row)
     outcome.count(row)
     progress.update(row.status)
 

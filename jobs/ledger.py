@@ -11,6 +11,7 @@ import json
 import os
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -79,14 +80,18 @@ def new_run_id() -> str:
 
 
 class LedgerWriter:
-    """Buffers rows of one run and writes them as part files."""
+    """Buffers rows of one run and writes them as part files: after ``flush_rows`` rows, but at most one file per
+    ``min_flush_seconds`` (a fast job would otherwise write a file per few dozen images: 10^7 images, 300k files),
+    and after ``flush_seconds`` at the latest. A crash loses at most the buffered rows; their images are redone."""
 
-    def __init__(self, root: str | os.PathLike, run_id: str, flush_rows: int = 32, flush_seconds: float = 10.0):
+    def __init__(self, root: str | os.PathLike, run_id: str, flush_rows: int = 32, flush_seconds: float = 10.0,
+                 min_flush_seconds: float = 5.0):
         self.root = Path(root)
         self.run_id = run_id
         self.dir = self.root / f"run_id={run_id}"
         self.flush_rows = flush_rows
         self.flush_seconds = flush_seconds
+        self.min_flush_seconds = min_flush_seconds
         self.buffer: list[LedgerRow] = []
         self.last_flush = time.monotonic()
         self.rows_written = 0
@@ -94,7 +99,8 @@ class LedgerWriter:
     def add(self, row: LedgerRow) -> None:
         row.run_id = self.run_id
         self.buffer.append(row)
-        if len(self.buffer) >= self.flush_rows or time.monotonic() - self.last_flush >= self.flush_seconds:
+        waited = time.monotonic() - self.last_flush
+        if waited >= self.flush_seconds or (len(self.buffer) >= self.flush_rows and waited >= self.min_flush_seconds):
             self.flush()
 
     def flush(self) -> None:
@@ -123,6 +129,7 @@ def rows_to_table(rows: list[LedgerRow]) -> pa.Table:
 
 
 COMPACT_PREFIX = "compact-"
+COMPACT_ROW_GROUP = 1 << 16
 REPLACES_KEY = b"replaces"  # a compacted file's key/value metadata: the names of the part files it holds
 
 
@@ -138,9 +145,11 @@ def ledger_files(root: str | os.PathLike) -> list[Path]:
     return [p for p in files if p not in replaced]
 
 
-def read_table(root: str | os.PathLike, columns: list[str] | None = None) -> pa.Table:
+def read_table(root: str | os.PathLike, columns: list[str] | None = None, dictionary: tuple[str, ...] = ()
+               ) -> pa.Table:
     """The ledger as one Arrow table (``run_id`` included), only ``columns`` if given: for readers that summarize
-    millions of rows without making a Python object of each."""
+    millions of rows without making a Python object of each. ``dictionary``: string columns with few distinct values
+    (settings, hashes of weights) read dictionary-encoded, held once instead of once per row."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no ledger here (expected a folder of run_id=... partitions)")
@@ -150,8 +159,13 @@ def read_table(root: str | os.PathLike, columns: list[str] | None = None) -> pa.
         return schema.empty_table().select(columns) if columns else schema.empty_table()
     # parts written before a column was added lack it: read under today's schema, which fills it with nulls (and
     # spares reading every footer twice, which dominates for tens of thousands of small parts)
-    dataset = pads.dataset(files, schema=schema, format=PART_FORMAT, partitioning="hive",
-                           partition_base_dir=str(root))
+    fmt = PART_FORMAT if not dictionary else pads.ParquetFileFormat(
+        read_options={"dictionary_columns": list(dictionary)},
+        default_fragment_scan_options=pads.ParquetFragmentScanOptions(pre_buffer=False))
+    if dictionary:
+        schema = pa.schema([pa.field(f.name, pa.dictionary(pa.int32(), f.type)) if f.name in dictionary else f
+                            for f in schema], metadata=schema.metadata)
+    dataset = pads.dataset(files, schema=schema, format=fmt, partitioning="hive", partition_base_dir=str(root))
     return dataset.to_table(columns=columns)
 
 
@@ -160,12 +174,7 @@ def read_ledger(root: str | os.PathLike) -> list[LedgerRow]:
     table = read_table(root)
     if table.num_rows == 0:
         return []
-    names = {f.name for f in fields(LedgerRow)}
-    rows = [LedgerRow(**{k: v for k, v in d.items() if k in names}) for d in table.to_pylist()]
-    for r in rows:
-        r.run_id = str(r.run_id)
-        r.operators = list(r.operators or [])
-        r.strengths = list(r.strengths or [])
+    rows = _records(table)
     rows.sort(key=lambda r: (r.created_at or datetime.min.replace(tzinfo=timezone.utc)))
     return rows
 
@@ -203,12 +212,14 @@ def compact(root: str | os.PathLike, log=print) -> list[Compaction]:
                 done.append(Compaction(d.name.split("=", 1)[1], len(live), -1, str(live[0]) if live else "",
                                        len(orphans)))
             continue
-        table = pads.dataset([str(p) for p in live], schema=SCHEMA, format=PART_FORMAT).to_table()
+        # one chunk per column: writing 30,000 chunks costs twice as long as joining them first
+        table = pads.dataset([str(p) for p in live], schema=SCHEMA, format=PART_FORMAT).to_table().combine_chunks()
         meta = dict(SCHEMA.metadata or {})
         meta[REPLACES_KEY] = json.dumps([p.name for p in live]).encode()
         name = f"{COMPACT_PREFIX}{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
         tmp = d / f".{name}.tmp"
-        pq.write_table(table.replace_schema_metadata(meta), tmp, compression="zstd")
+        # row groups of 64k rows: readers (resume, audit) decode a compacted file a bounded piece at a time
+        pq.write_table(table.replace_schema_metadata(meta), tmp, compression="zstd", row_group_size=COMPACT_ROW_GROUP)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         if pq.read_metadata(tmp).num_rows != table.num_rows:
@@ -231,6 +242,105 @@ def _fsync_dir(d: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class LedgerIndex:
+    """The newest row per image (among some statuses, in one run or all), held as Arrow columns and looked up a
+    batch of images at a time: resuming a job of millions of images makes Python objects of one batch's rows only.
+    It holds what deciding to skip an image needs (``COLUMNS``); ``created_at`` and ``run_id`` only choose rows."""
+
+    COLUMNS = ("image_id", "source_path", "status", "source_sha256", "output_path", "output_sha256", "weights_sha256",
+               "strengths", "error", "width", "height", "render_settings")
+    DICTIONARY = ("render_settings", "weights_sha256", "status")
+
+    def __init__(self, table: pa.Table):
+        self.table = table  # one row per image_id
+        self.ids = table.column("image_id").combine_chunks() if table.num_rows else pa.array([], pa.string())
+
+    @classmethod
+    def read(cls, root: str | os.PathLike) -> pa.Table:
+        """The ledger's columns an index needs (an empty table where there is no ledger yet)."""
+        columns = [*cls.COLUMNS, "created_at", "run_id"]
+        if not Path(root).is_dir():
+            return SCHEMA.append(pa.field("run_id", pa.string())).empty_table().select(columns)
+        return read_table(root, columns, dictionary=cls.DICTIONARY)
+
+    @classmethod
+    def newest(cls, table: pa.Table, statuses: tuple[str, ...] = STATUSES, run_id: str | None = None,
+               columns: tuple[str, ...] = COLUMNS) -> "LedgerIndex":
+        """From a table of ``read``: the newest row per image among rows of ``statuses`` (and of ``run_id``).
+        The rows are chosen on a few columns and taken once (no copy at all when every row is its image's newest)."""
+        import numpy as np
+        import pyarrow.compute as pc
+        if not table.num_rows:
+            return cls(table.select(list(columns)))
+        keep = pc.is_in(table.column("status").cast(pa.string()), value_set=pa.array(statuses, pa.string()))
+        if run_id is not None:
+            keep = pc.and_(keep, pc.equal(table.column("run_id").cast(pa.string()), run_id))
+        chosen = np.flatnonzero(keep.to_numpy(zero_copy_only=False))
+        times = table.column("created_at").cast(pa.int64()).fill_null(np.iinfo(np.int64).min).to_numpy()[chosen]
+        # newest first (equal times: the later row first, as read_ledger's order leaves it last), then each
+        # image's first row
+        ranked = chosen[np.argsort(times, kind="stable")[::-1]]
+        codes = table.column("image_id").take(pa.array(ranked)).combine_chunks().dictionary_encode().indices
+        newest = np.sort(ranked[np.unique(codes.to_numpy(), return_index=True)[1]])
+        table = table.select(list(columns))
+        if len(newest) == table.num_rows:  # every row is its image's newest: nothing to copy
+            return cls(table)
+        return cls(table.take(pa.array(newest)))
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    def __contains__(self, image_id: object) -> bool:
+        return isinstance(image_id, str) and bool(self.contains([image_id])[0])
+
+    def batches(self, size: int = 10_000) -> Iterator[list[LedgerRow]]:
+        """Every row as records, ``size`` at a time, in the index's order."""
+        for start in range(0, len(self), size):
+            yield _records(self.table.slice(start, size))
+
+    def contains(self, image_ids: list[str]):
+        """Which of ``image_ids`` have a row here: a numpy bool array."""
+        import pyarrow.compute as pc
+        return pc.is_in(pa.array(image_ids, pa.string()), value_set=self.ids).to_numpy(zero_copy_only=False)
+
+    def rows(self, image_ids: list[str]) -> dict[str, LedgerRow]:
+        """The rows of those of ``image_ids`` that have one, as records."""
+        import pyarrow.compute as pc
+        if not len(self):
+            return {}
+        at = pc.index_in(pa.array(image_ids, pa.string()), value_set=self.ids).drop_null()
+        return {r.image_id: r for r in _records(self.table.take(at))}
+
+    def counts(self) -> dict[str, int]:
+        """Rows per status."""
+        import pyarrow.compute as pc
+        if not len(self):
+            return {}
+        return {d["values"]: d["counts"] for d in pc.value_counts(self.table.column("status").cast(pa.string()))
+                .to_pylist()}
+
+    def errors(self) -> list[LedgerRow]:
+        import pyarrow.compute as pc
+        if not len(self):
+            return []
+        return _records(self.table.filter(pc.equal(self.table.column("status").cast(pa.string()), "error")))
+
+
+def _records(table: pa.Table) -> list[LedgerRow]:
+    """Rows as records, column by column (a third of the time of Arrow's row dicts)."""
+    names = [n for n in table.column_names if n in _ROW_FIELDS]
+    columns = [table.column(n).to_pylist() for n in names]
+    rows = [LedgerRow(**dict(zip(names, values))) for values in zip(*columns)]
+    for r in rows:
+        r.run_id = str(r.run_id)
+        r.operators = list(r.operators or [])
+        r.strengths = list(r.strengths or [])
+    return rows
+
+
+_ROW_FIELDS = {f.name for f in fields(LedgerRow)}
 
 
 def latest_by_image(rows: list[LedgerRow], statuses: tuple[str, ...] = STATUSES) -> dict[str, LedgerRow]:

@@ -4,12 +4,15 @@ from __future__ import annotations
 import csv
 import math
 import os
+from collections.abc import Container
 from dataclasses import dataclass, replace
 
 from pipeline.checkpoint import CheckpointError, load_checkpoint
 from pipeline.models import DEFAULT_RANGE, parameter_ranges
 
-from .ledger import LedgerRow, RunRecord, latest_by_image, new_run_id, now, read_ledger, read_run_records
+import pyarrow as pa
+
+from .ledger import LedgerIndex, LedgerRow, RunRecord, new_run_id, now, read_run_records, read_table
 from .lock import OutputLock
 from .run import JobOptions, JobResult, launch, remove_stale_temporaries
 from .worker import ImageTask, RenderSettings
@@ -73,7 +76,7 @@ def _check_range(v: float, where: str, limits: tuple[float, float] = DEFAULT_RAN
         raise EditError(f"{where}: {v} is outside the strength range [{lo}, {hi}]")
 
 
-def read_edits_file(path: str, operators: list[str], image_ids: set[str],
+def read_edits_file(path: str, operators: list[str], image_ids: Container[str],
                     ranges: dict[str, tuple[float, float]] | None = None) -> dict[str, dict[str, float]]:
     """An edits CSV: an image_id column plus one column per operator (blank = keep the ledger's value)."""
     try:
@@ -104,61 +107,76 @@ def read_edits_file(path: str, operators: list[str], image_ids: set[str],
     return out
 
 
-def source_rows(ledger: str, run_id: str | None = None) -> list[LedgerRow]:
-    rows = read_ledger(ledger)
-    if run_id:
-        rows = [r for r in rows if r.run_id == run_id]
-        if not rows:
-            raise EditError(f"{ledger}: no rows for run {run_id}")
-    latest = latest_by_image(rows, ("ok", "skipped"))
-    if not latest:
+# what re-rendering needs of each image's newest ok row
+SOURCE_COLUMNS = ("image_id", "source_path", "status", "output_path", "weights_sha256", "model", "operators",
+                  "strengths", "render_settings", "command", "run_id")
+
+
+def source_index(ledger: str, run_id: str | None = None) -> LedgerIndex:
+    """The newest ok or skipped row per image (of run ``run_id`` if given), as Arrow columns: a re-render of
+    millions of images makes records of one batch at a time."""
+    import pyarrow.compute as pc
+    table = read_table(ledger, [*SOURCE_COLUMNS, "created_at"], dictionary=LedgerIndex.DICTIONARY + ("model",
+                                                                                                       "command"))
+    if run_id and not pc.any(pc.equal(table.column("run_id"), run_id)).as_py():
+        raise EditError(f"{ledger}: no rows for run {run_id}")
+    index = LedgerIndex.newest(table, ("ok", "skipped"), run_id=run_id, columns=SOURCE_COLUMNS)
+    if not len(index):
         raise EditError(f"{ledger}: no successfully rendered images to re-render")
-    return list(latest.values())
+    return index
+
+
+def source_rows(ledger: str, run_id: str | None = None) -> list[LedgerRow]:
+    return [r for batch in source_index(ledger, run_id).batches() for r in batch]
 
 
 def rerender_job(ledger: str, opts: JobOptions, set_ops: tuple[str, ...] = (), shift_ops: tuple[str, ...] = (),
                  edits_file: str | None = None, run_id: str | None = None, output_format: str | None = None,
                  log=print) -> JobResult:
+    import pyarrow.compute as pc
     ledger = os.path.abspath(ledger)
-    rows = source_rows(ledger, run_id)
-    weights = {r.weights_sha256 for r in rows}
+    index = source_index(ledger, run_id)
+    weights = pc.unique(index.table.column("weights_sha256").cast(pa.string())).to_pylist()
     if len(weights) > 1:
         raise EditError(f"{ledger}: images were rendered with {len(weights)} different weights; "
                         "re-render one run at a time with --run RUN_ID")
-    operators = list(rows[0].operators)
-    ranges = parameter_ranges(rows[0].model, operators)
+    first = next(index.batches(1))[0]
+    operators = list(first.operators)
+    ranges = parameter_ranges(first.model, operators)
     edits = StrengthEdits(parse_assignments(set_ops, "--set", operators, ranges),
                           parse_assignments(shift_ops, "--shift", operators),
-                          read_edits_file(edits_file, operators, {r.image_id for r in rows}, ranges)
-                          if edits_file else {}, ranges)
+                          read_edits_file(edits_file, operators, index, ranges) if edits_file else {}, ranges)
     records = {r.run_id: r for r in read_run_records(ledger)}
-    loaded = find_weights(opts.weights, rows[0].weights_sha256, records, rows[0].model)
-    settings = RenderSettings.from_json(rows[0].render_settings) if rows[0].render_settings else RenderSettings()
+    loaded = find_weights(opts.weights, first.weights_sha256, records, first.model)
+    settings = RenderSettings.from_json(first.render_settings) if first.render_settings else RenderSettings()
     if output_format:
         settings = replace(settings, output_format=output_format)
     opts = replace(opts, settings=settings)
     out = os.path.abspath(opts.out)
     os.makedirs(out, exist_ok=True)
     from pipeline.imageio import OUTPUT_FORMATS
-    tasks = []
-    for r in rows:
-        rec = records.get(r.run_id)
-        rel = os.path.relpath(r.output_path, rec.out) if rec and rec.out and r.output_path else os.path.basename(
-            r.output_path or r.source_path)
-        rel = os.path.splitext(rel)[0] + OUTPUT_FORMATS[settings.output_format]
-        strengths = edits.apply(r.image_id, operators, list(r.strengths))
-        # unchanged strengths keep their run in the output's edit record: the re-render is then byte-identical
-        tasks.append(ImageTask(r.image_id, r.source_path, os.path.join(out, rel), strengths=strengths,
-                               parent_run_id=r.run_id, command="rerender", overwrite=True,
-                               strengths_run_id=_strengths_run(r) if strengths == list(r.strengths) else None))
+
+    def tasks():
+        for batch in index.batches():
+            for r in batch:
+                rec = records.get(r.run_id)
+                rel = os.path.relpath(r.output_path, rec.out) if rec and rec.out and r.output_path else \
+                    os.path.basename(r.output_path or r.source_path)
+                rel = os.path.splitext(rel)[0] + OUTPUT_FORMATS[settings.output_format]
+                strengths = edits.apply(r.image_id, operators, list(r.strengths))
+                # unchanged strengths keep their run in the output's edit record: the re-render is then
+                # byte-identical
+                yield ImageTask(r.image_id, r.source_path, os.path.join(out, rel), strengths=strengths,
+                                parent_run_id=r.run_id, command="rerender", overwrite=True,
+                                strengths_run_id=_strengths_run(r) if strengths == list(r.strengths) else None)
+    parents = sorted(pc.unique(index.table.column("run_id").cast(pa.string())).to_pylist())
     with OutputLock(out):
         remove_stale_temporaries(out)
         ledger_out = os.path.abspath(opts.ledger_dir)
         new_id = new_run_id()
-        rec = RunRecord(new_id, "rerender", "", now().isoformat(), len(tasks),
-                        parent_run_id=",".join(sorted({r.run_id for r in rows})), weights_path=loaded.weights_path,
-                        weights_sha256=loaded.weights_sha256, out=out)
-        outcome = launch(tasks, loaded.weights_path, opts, rec, ledger_out, log)
+        rec = RunRecord(new_id, "rerender", "", now().isoformat(), len(index), parent_run_id=",".join(parents),
+                        weights_path=loaded.weights_path, weights_sha256=loaded.weights_sha256, out=out)
+        outcome = launch(tasks(), loaded.weights_path, opts, rec, ledger_out, log, total=len(index))
     return JobResult(new_id, outcome, False, ledger_out, [])
 
 

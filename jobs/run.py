@@ -4,17 +4,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 
-from manifests.manifest import load_manifest
+from manifests.manifest import Manifest, load_manifest
 from pipeline.checkpoint import load_checkpoint
 from pipeline.render import configure_model
 from pipeline.imageio import DEFAULT_MAX_PIXELS, TEMP_PREFIX
 
 from . import cluster
 from .executor import DEFAULT_MAX_ATTEMPTS, Outcome, execute, execute_local
-from .ledger import (LedgerRow, LedgerWriter, RunRecord, latest_by_image, new_run_id, now, read_ledger,
-                     read_run_records, write_run_record)
+from .ledger import LedgerIndex, LedgerWriter, RunRecord, new_run_id, now, read_run_records, write_run_record
 from .lock import OutputLock
 from .progress import Progress
 from .worker import ImageTask, RenderSettings, WorkerConfig
@@ -66,9 +66,9 @@ def remove_stale_temporaries(folder: str) -> int:
     return n
 
 
-def settings_key(entries, weights_sha: str, settings: RenderSettings) -> str:
+def settings_key(manifest_digest: str, weights_sha: str, settings: RenderSettings) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps([[e.image_id, e.source, e.output] for e in entries]).encode())
+    h.update(manifest_digest.encode())
     h.update(weights_sha.encode())
     h.update(settings.to_json().encode())
     return h.hexdigest()
@@ -88,37 +88,43 @@ def run_job(manifest_path: str, opts: JobOptions, log=print) -> JobResult:
     with OutputLock(out):
         remove_stale_temporaries(out)
         ledger_dir = os.path.abspath(opts.ledger_dir)
-        rows = read_ledger(ledger_dir) if os.path.isdir(ledger_dir) else []
-        key = settings_key(manifest.entries, loaded.weights_sha256, opts.settings)
+        key = settings_key(manifest.digest, loaded.weights_sha256, opts.settings)
         records = [r for r in read_run_records(ledger_dir) if r.command == "run"]
         unfinished = [r for r in records if r.finished_at is None and r.settings_key == key]
         resumed = bool(unfinished) and unfinished[-1].run_id == (records[-1].run_id if records else None)
         run_id = unfinished[-1].run_id if resumed else new_run_id()
-        in_this_run = {r.image_id: r for r in rows if r.run_id == run_id}
-        previous = latest_by_image(rows, ("ok", "skipped"))
-        tasks = []
-        for e in manifest.entries:
-            done = in_this_run.get(e.image_id)
-            if done is not None and done.status == "error":
-                continue  # already reported in this run: one row per image per run
-            tasks.append(ImageTask(e.image_id, e.source, os.path.join(out, e.output), previous=previous.get(e.image_id),
-                                   overwrite=opts.overwrite and done is None))
-        if resumed:
-            log(f"resuming run {run_id}: {len(in_this_run)} of {len(manifest.entries)} images already in the ledger")
+        table = LedgerIndex.read(ledger_dir)
+        previous = LedgerIndex.newest(table, ("ok", "skipped"))  # an image whose output is current is skipped
+        in_this_run = LedgerIndex.newest(table if resumed else table.slice(0, 0), run_id=run_id,
+                                         columns=("image_id", "source_path", "status", "error"))
+        del table
+        if resumed:  # one row per image per run: what the interrupted part of this run did is not done again
+            log(f"resuming run {run_id}: {len(in_this_run)} of {manifest.rows} images already in the ledger")
         started = unfinished[-1].started_at if resumed else now().isoformat()
-        rec = RunRecord(run_id, "run", key, started, len(manifest.entries), weights_path=loaded.weights_path,
+        rec = RunRecord(run_id, "run", key, started, manifest.rows, weights_path=loaded.weights_path,
                         weights_sha256=loaded.weights_sha256, out=out)
         if not resumed:
             write_run_record(ledger_dir, rec)
-        def record(row: LedgerRow) -> bool:
-            # in a resumed run an image already recorded in it gets no second row
-            return not (row.status == "skipped" and row.image_id in in_this_run)
-
-        outcome = launch(tasks, loaded.weights_path, opts, rec, ledger_dir, log, record)
-        for r in in_this_run.values():  # what the interrupted part of this run already reported
-            if r.status == "error":
-                outcome.count(r)
+        tasks = image_tasks(manifest, out, previous, in_this_run, opts.overwrite)
+        outcome = launch(tasks, loaded.weights_path, opts, rec, ledger_dir, log, total=manifest.rows - len(in_this_run))
+        for status, n in in_this_run.counts().items():  # what the interrupted part of this run already reported
+            setattr(outcome, status, getattr(outcome, status) + n)
+        outcome.errors = [r.error or r.source_path for r in in_this_run.errors()] + (outcome.errors or []) or None
     return JobResult(run_id, outcome, resumed, ledger_dir, manifest.warnings)
+
+
+def image_tasks(manifest: Manifest, out: str, previous: LedgerIndex, done: LedgerIndex, overwrite: bool
+                ) -> Iterator[ImageTask]:
+    """The job's tasks, made a manifest batch at a time as the workers take them: the images not already done in
+    this run, each with its newest ok row (the worker skips an image whose output is still that row's)."""
+    for batch in manifest.batches():
+        ids = [e.image_id for e in batch]
+        skip = done.contains(ids) if len(done) else None
+        rows = previous.rows(ids)
+        for k, e in enumerate(batch):
+            if skip is None or not skip[k]:
+                yield ImageTask(e.image_id, e.source, os.path.join(out, e.output), previous=rows.get(e.image_id),
+                                overwrite=overwrite)
 
 
 LOCAL_MAX_IMAGES = 16  # auto: jobs of at most this many images run in this process
@@ -134,21 +140,24 @@ def in_process(opts: JobOptions, images: int) -> bool:
             and opts.workers is None and opts.cpus_per_worker is None and opts.images_per_worker is None)
 
 
-def launch(tasks: list[ImageTask], weights_path: str, opts: JobOptions, rec: RunRecord, ledger_dir: str, log,
-           record=None) -> Outcome:
-    """Run the tasks in this process or on Ray (started or joined here), and mark the run finished in its record.
-    The caller holds the lock."""
-    if not tasks:
+def launch(tasks: Iterable[ImageTask], weights_path: str, opts: JobOptions, rec: RunRecord, ledger_dir: str, log,
+           total: int | None = None) -> Outcome:
+    """Run the tasks (``total`` of them; a list when not given) in this process or on Ray (started or joined here),
+    and mark the run finished in its record. The caller holds the lock."""
+    if total is None:
+        tasks = list(tasks)
+        total = len(tasks)
+    if total <= 0:
         rec.finished_at = now().isoformat()
         write_run_record(ledger_dir, rec)
         return Outcome()
-    choose = _local_executor if in_process(opts, len(tasks)) else _ray_executor
-    run = choose(opts, rec, len(tasks), log)
+    choose = _local_executor if in_process(opts, total) else _ray_executor
+    run = choose(opts, rec, total, log)
     writer = LedgerWriter(ledger_dir, rec.run_id)
     config = WorkerConfig(weights=weights_path, settings=opts.settings, max_pixels=opts.max_pixels, run_id=rec.run_id)
-    progress = Progress(len(tasks), enabled=opts.progress)
+    progress = Progress(total, enabled=opts.progress)
     try:
-        outcome = run(tasks, config, writer, progress, record)
+        outcome = run(tasks, total, config, writer, progress)
     finally:
         progress.close()
     rec.finished_at = now().isoformat()
@@ -164,8 +173,8 @@ def _ray_executor(opts: JobOptions, rec: RunRecord, images: int, log):
     log(f"{rec.command} {rec.run_id}: {images} images on {placement.workers} {placement.device} worker(s)"
         f" x {placement.threads_per_worker} thread(s){held}"
         f" -> {rec.out}")
-    return lambda tasks, config, writer, progress, record: execute(tasks, config, placement, writer, progress,
-                                                                   opts.max_attempts, record)
+    return lambda tasks, total, config, writer, progress: execute(tasks, total, config, placement, writer, progress,
+                                                                  opts.max_attempts)
 
 
 def _local_executor(opts: JobOptions, rec: RunRecord, images: int, log):
@@ -177,5 +186,5 @@ def _local_executor(opts: JobOptions, rec: RunRecord, images: int, log):
     threads = os.cpu_count() or 1
     log(f"{rec.command} {rec.run_id}: {images} images in this process ({device}, {threads} thread(s); "
         f"jobs over {LOCAL_MAX_IMAGES} images, --workers or --address use Ray) -> {rec.out}")
-    return lambda tasks, config, writer, progress, record: execute_local(tasks, config, writer, progress, threads,
-                                                                         device, record)
+    return lambda tasks, total, config, writer, progress: execute_local(tasks, total, config, writer, progress,
+                                                                        threads, device)

@@ -210,7 +210,7 @@ class ImageProcessor:
                     lap("predict")
                 else:
                     strengths = [float(x) for x in task.strengths]
-                prepared = self.retoucher.prepare(view, strengths)
+                prepared = self.retoucher.prepare_image(view, strengths, pixels.shape)
                 lap("prepare")
                 self.retoucher.apply(pixels, prepared, out=pixels)  # in place: no second full-res buffer
                 del prepared, view

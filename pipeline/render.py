@@ -7,6 +7,8 @@ the model's own maths on the whole image, for verification.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -120,6 +122,10 @@ class Retoucher:
     def prepare(self, pixels_or_view, strengths):
         raise NotImplementedError
 
+    def prepare_image(self, view: torch.Tensor, strengths, shape: tuple[int, ...]):
+        """``prepare`` for one image of ``shape`` (H, W, 3) from its ``view``: a retoucher may choose by size."""
+        return self.prepare(view, strengths)
+
     def apply(self, pixels: np.ndarray, prepared, out: np.ndarray | None = None) -> np.ndarray:
         raise NotImplementedError
 
@@ -146,18 +152,37 @@ class Retoucher:
         self.render(probe, self.predict(probe), out=probe)
 
 
+@dataclass(frozen=True)
+class ExactColours:
+    """Prepared for an image with fewer pixels than a LUT has entries: there the model's own colour function on
+    every pixel costs less than baking the table (0.7 ms against 13 ms for 64 x 48 pixels at 33^3), and is exact."""
+    strengths: tuple[float, ...]
+
+
 class LutRetoucher(Retoucher):
-    """A global colour function for fixed strengths: prepared as one baked 3D LUT per image."""
+    """A global colour function for fixed strengths: prepared as one baked 3D LUT per image (or, for images smaller
+    than the table, as the function itself: ``ExactColours``)."""
 
     def prepare(self, pixels_or_view, strengths) -> np.ndarray:
+        return self.lut(strengths)
+
+    def prepare_image(self, view: torch.Tensor, strengths, shape: tuple[int, ...]):
+        if shape[0] * shape[1] <= self.lut_size ** 3:
+            return ExactColours(tuple(float(x) for x in strengths))
         return self.lut(strengths)
 
     def lut(self, strengths) -> np.ndarray:
         return bake_lut(self.model, strengths, self.lut_size)
 
-    def apply(self, pixels: np.ndarray, prepared: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    def apply(self, pixels: np.ndarray, prepared, out: np.ndarray | None = None) -> np.ndarray:
         """On a CPU a compiled trilinear loop; on a GPU torch's grid_sample, in strips of rows so that GPU memory
-        holds a strip, not the image."""
+        holds a strip, not the image. ``ExactColours``: the network on each pixel (small images only)."""
+        if isinstance(prepared, ExactColours):
+            rendered = self.render_exact(pixels, prepared.strengths)
+            out = np.empty_like(pixels) if out is None else out
+            scale = 65535.0 if pixels.dtype == np.uint16 else 1.0
+            out[...] = rendered * scale + 0.5 if scale > 1 else rendered
+            return out
         if self.device == "cpu":
             return apply_lut_u16(pixels, prepared, out)
         return render_lut_torch(pixels, prepared, self.device, out)

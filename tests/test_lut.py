@@ -136,6 +136,26 @@ def test_fast_prediction_through_luts_matches_the_exact_network():
     assert worst < 0.005, worst
 
 
+def test_images_smaller_than_the_lut_render_exactly_without_one():
+    """A web-size image has fewer pixels than a 33^3 table has entries: it gets the network itself, not a LUT, in
+    prediction and in rendering; a larger one keeps the LUT. Both agree with the exact network."""
+    from pipeline.render import ExactColours
+    r = open_retoucher(load_checkpoint(None), lut_size=33)
+    small = synthetic_photo(48, 64, seed=5)
+    s = r.predict(small)
+    with torch.inference_mode():
+        exact_strengths = r.model.predict_strengths(thumbnail(small, 512))[0].numpy()
+    assert np.array_equal(s, exact_strengths)  # the very same computation, not an approximation of it
+    plan = r.prepare_image(r.view(small), s, small.shape)
+    assert isinstance(plan, ExactColours)
+    out = r.apply(small, plan)
+    expected = np.round(r.render_exact(small, s) * 65535).astype(np.int64)
+    assert np.abs(out.astype(np.int64) - expected).max() <= 1
+    assert np.abs(out.astype(np.int64) - small.astype(np.int64)).max() > 500  # the edit did happen
+    big = synthetic_photo(200, 300, seed=5)  # 60,000 pixels > 35,937 entries
+    assert isinstance(r.prepare_image(r.view(big), s, big.shape), np.ndarray)
+
+
 def test_gpu_render_path_matches_the_cpu_kernel():
     """The torch (GPU) strip renderer, run here on the CPU device, agrees with the compiled kernel to 1 step."""
     from pipeline.render import render_lut_torch

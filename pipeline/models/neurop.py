@@ -56,8 +56,16 @@ class ImageEncoder(nn.Module):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.conv1(F.pad(image, (1, 1, 1, 1))))
         x = F.relu(self.conv2(F.pad(x, (1, 1, 1, 1))))
-        std, mean = torch.std_mean(x, dim=(2, 3))
+        std, mean = std_mean(x.flatten(2))
         return torch.cat([std, mean, x.amax(dim=(2, 3))], dim=1)
+
+
+def std_mean(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample standard deviation and mean over the last dimension: torch.std_mean's numbers (to float rounding) in
+    an eighth of its time on CPU (0.15 against 1.15 ms for 32 x 5,355 values)."""
+    mean = x.mean(dim=-1)
+    var = (x - mean.unsqueeze(-1)).square().sum(dim=-1) / max(1, x.shape[-1] - 1)
+    return var.sqrt(), mean
 
 
 class StrengthHead(nn.Module):
@@ -114,9 +122,10 @@ class NeurOp(nn.Module):
 
         With ``lut_size`` the intermediate thumbnails go through one baked LUT per operator instead of the network
         on every thumbnail pixel (17 ms against 328 ms for a 512 x 341 thumbnail on 2 CPU cores; the strengths
-        move by ~1e-4, see tests/test_lut.py).
+        move by ~1e-4, see tests/test_lut.py). A thumbnail with no more pixels than a LUT has entries (a web-size
+        image, seen as it is) goes through the network itself: cheaper than baking the table, and exact.
         """
-        if lut_size is None:
+        if lut_size is None or thumbnail.shape[-2] * thumbnail.shape[-1] <= lut_size ** 3:
             return self.forward(thumbnail)[1]
         from ..lut import apply_lut_planar, identity_grid
         unit = identity_grid(lut_size).to(thumbnail.device, thumbnail.dtype)
