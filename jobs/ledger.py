@@ -161,7 +161,7 @@ def read_table(root: str | os.PathLike, columns: list[str] | None = None, dictio
     # spares reading every footer twice, which dominates for tens of thousands of small parts)
     fmt = PART_FORMAT if not dictionary else pads.ParquetFileFormat(
         read_options={"dictionary_columns": list(dictionary)},
-        default_fragment_scan_options=pads.ParquetFragmentScanOptions(pre_buffer=False))
+        default_fragment_scan_options=PART_FORMAT.default_fragment_scan_options)
     if dictionary:
         schema = pa.schema([pa.field(f.name, pa.dictionary(pa.int32(), f.type)) if f.name in dictionary else f
                             for f in schema], metadata=schema.metadata)

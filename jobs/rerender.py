@@ -7,10 +7,10 @@ import os
 from collections.abc import Container
 from dataclasses import dataclass, replace
 
+import pyarrow as pa
+
 from pipeline.checkpoint import CheckpointError, load_checkpoint
 from pipeline.models import DEFAULT_RANGE, parameter_ranges
-
-import pyarrow as pa
 
 from .ledger import LedgerIndex, LedgerRow, RunRecord, new_run_id, now, read_run_records, read_table
 from .lock import OutputLock

@@ -42,9 +42,13 @@ class _Row(NamedTuple):
     suffix: str  # the source's extension, lower case, without the dot
 
 
+def row_unit(path: str) -> str:
+    """What messages call a manifest's rows: CSV lines, or Parquet rows."""
+    return "row" if path.lower().endswith(".parquet") else "line"
+
+
 def row_label(path: str, line: int) -> str:
-    """How messages name a row: its CSV line, or its Parquet row."""
-    return f"{'row' if path.lower().endswith('.parquet') else 'line'} {line}"
+    return f"{row_unit(path)} {line}"
 
 
 @dataclass
@@ -248,8 +252,8 @@ def load_manifest(path: str, out_dir: str, output_format: str = "tiff16") -> Man
     _refuse_duplicates(manifest, outputs, "output", lambda r, e: os.path.normpath(e.output))
     del outputs, plain
     if sources_in_out:
-        in_out = {os.path.realpath(e.source) for b in manifest.batches() for e in b
-                  if os.path.realpath(e.source).startswith(out_real + os.sep)}
+        real_sources = (os.path.realpath(e.source) for b in manifest.batches() for e in b)
+        in_out = {real for real in real_sources if real.startswith(out_real + os.sep)}
         for batch in manifest.batches():
             for e in batch:
                 if os.path.realpath(os.path.join(out_dir, e.output)) in in_out:
@@ -296,8 +300,8 @@ def _refuse_duplicates(manifest: Manifest, hashes, what: str, key) -> None:
         (r2, e2), (r1, e1) = seen[later], seen[earlier]
         if key(r1, e1) == key(r2, e2):
             value = e2.image_id if what == "id" else e2.output
-            unit = row_label(manifest.path, 0).split()[0]
-            raise ManifestError(f"{manifest.path}: duplicate {what} {value!r} ({unit}s {r1.line} and {r2.line})")
+            raise ManifestError(f"{manifest.path}: duplicate {what} {value!r} ({row_unit(manifest.path)}s "
+                                f"{r1.line} and {r2.line})")
 
 
 def scan_folder(folder: str, recursive: bool = True) -> list[str]:

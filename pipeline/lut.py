@@ -28,6 +28,12 @@ def identity_grid(size: int) -> torch.Tensor:
     return torch.stack([r, g, b], dim=-1).reshape(-1, 3)
 
 
+def exact_is_cheaper(pixels: int, size: int) -> bool:
+    """Whether an image of ``pixels`` pixels is better run through the network itself than through a baked size^3
+    LUT: with no more pixels than the table has entries, the network costs less than the bake, and is exact."""
+    return pixels <= size ** 3
+
+
 @torch.inference_mode()
 def bake_table(model, strengths, size: int = DEFAULT_LUT_SIZE) -> torch.Tensor:
     """Sample ``model.render_pixels`` for one image's strengths on a size^3 grid: (size, size, size, 3) on the

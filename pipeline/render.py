@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import LoadedModel
-from .lut import DEFAULT_LUT_SIZE, apply_lut_torch, apply_lut_u16, bake_lut, bake_table, box_average_u16
+from .lut import (DEFAULT_LUT_SIZE, apply_lut_torch, apply_lut_u16, bake_lut, bake_table, box_average_u16,
+                  exact_is_cheaper)
 
 EXACT_STRIP_PIXELS = 1 << 18
 
@@ -167,7 +168,7 @@ class LutRetoucher(Retoucher):
         return self.lut(strengths)
 
     def prepare_image(self, view: torch.Tensor, strengths, shape: tuple[int, ...]):
-        if shape[0] * shape[1] <= self.lut_size ** 3:
+        if exact_is_cheaper(shape[0] * shape[1], self.lut_size):
             return ExactColours(tuple(float(x) for x in strengths))
         return self.lut(strengths)
 

@@ -125,9 +125,9 @@ class NeurOp(nn.Module):
         move by ~1e-4, see tests/test_lut.py). A thumbnail with no more pixels than a LUT has entries (a web-size
         image, seen as it is) goes through the network itself: cheaper than baking the table, and exact.
         """
-        if lut_size is None or thumbnail.shape[-2] * thumbnail.shape[-1] <= lut_size ** 3:
+        from ..lut import apply_lut_planar, exact_is_cheaper, identity_grid
+        if lut_size is None or exact_is_cheaper(thumbnail.shape[-2] * thumbnail.shape[-1], lut_size):
             return self.forward(thumbnail)[1]
-        from ..lut import apply_lut_planar, identity_grid
         unit = identity_grid(lut_size).to(thumbnail.device, thumbnail.dtype)
         strengths = []
         for i, op in enumerate(OPERATORS):
